@@ -1,0 +1,107 @@
+"""MNIST as whole tensors on the training device: loading, the original's split, batches, noise."""
+import contextlib
+import io
+import os
+from collections import namedtuple
+
+import torch
+import torchvision
+
+IMAGE_SIZE = 28
+VALIDATION_SIZE = 5000  # the first 5,000 training images, as the original
+
+# (file name, IDX magic number, number of dimensions) of the four files torchvision reads.
+FILES = (
+    ("train-images-idx3-ubyte", 2051, 3),
+    ("train-labels-idx1-ubyte", 2049, 1),
+    ("t10k-images-idx3-ubyte", 2051, 3),
+    ("t10k-labels-idx1-ubyte", 2049, 1),
+)
+
+MNIST = namedtuple("MNIST", "train_x train_y valid_x valid_y test_x test_y")
+
+
+class MNISTError(Exception):
+    """MNIST is missing or unreadable; the message is one line meant for the user."""
+
+
+def raw_folder(data_dir):
+    """Folder where torchvision keeps the four uncompressed IDX files."""
+    return os.path.join(data_dir, "MNIST", "raw")
+
+
+def _missing(data_dir):
+    return [name for name, _, _ in FILES if not os.path.isfile(os.path.join(raw_folder(data_dir), name))]
+
+
+def _download(data_dir):
+    """Let torchvision fetch what is missing; keep its chatter out of the user's log."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            torchvision.datasets.MNIST(data_dir, train=True, download=True)
+    except Exception:  # no network, a refused mirror, a read-only folder: all end in the message below
+        pass
+    if _missing(data_dir):
+        names = ", ".join(name for name, _, _ in FILES)
+        raise MNISTError(
+            f"MNIST is not in {raw_folder(data_dir)} and could not be downloaded; "
+            f"put the four uncompressed IDX files there ({names}) or pass --data_dir a folder holding MNIST/raw"
+        )
+
+
+def check_idx(path, magic, ndim):
+    """Check an IDX file's header against its size; raise MNISTError naming the file if it is malformed."""
+    size = os.path.getsize(path)
+    header = 4 * (ndim + 1)
+    with open(path, "rb") as f:
+        head = f.read(header)
+    if len(head) < header or int.from_bytes(head[:4], "big") != magic:
+        raise MNISTError(f"{path} is not an MNIST IDX file (bad header); replace it with the original file")
+    dims = [int.from_bytes(head[4 * (i + 1):4 * (i + 2)], "big") for i in range(ndim)]
+    expected = header + dims[0] * (IMAGE_SIZE * IMAGE_SIZE if ndim == 3 else 1)
+    if ndim == 3 and dims[1:] != [IMAGE_SIZE, IMAGE_SIZE]:
+        raise MNISTError(f"{path} holds {dims[1]}x{dims[2]} images, not 28x28")
+    if size != expected:
+        raise MNISTError(f"{path} is truncated or malformed: {size} bytes where its header promises {expected}")
+    return dims[0]
+
+
+def load_mnist(data_dir, device):
+    """Load MNIST from data_dir (downloading if missing) and split it as the original, on device."""
+    if _missing(data_dir):
+        _download(data_dir)
+    counts = [check_idx(os.path.join(raw_folder(data_dir), name), magic, ndim) for name, magic, ndim in FILES]
+    if counts[0] != counts[1] or counts[2] != counts[3]:
+        raise MNISTError(f"{raw_folder(data_dir)}: image and label files disagree on the number of examples")
+    if counts[0] <= VALIDATION_SIZE:
+        raise MNISTError(f"{raw_folder(data_dir)}: the training file needs more than {VALIDATION_SIZE} images")
+
+    def tensors(train):
+        ds = torchvision.datasets.MNIST(data_dir, train=train, download=False)
+        x = ds.data.reshape(len(ds.data), -1).to(device=device, dtype=torch.float32).div_(255.0)
+        return x, ds.targets.to(device=device, dtype=torch.int64)
+
+    train_x, train_y = tensors(True)
+    test_x, test_y = tensors(False)
+    return MNIST(train_x[VALIDATION_SIZE:], train_y[VALIDATION_SIZE:],
+                 train_x[:VALIDATION_SIZE], train_y[:VALIDATION_SIZE], test_x, test_y)
+
+
+def salt_and_pepper(x, generator=None):
+    """The original's noise, x * m1 + m2 with Bernoulli(1/2) masks, clamped to [0, 1]."""
+    m1 = torch.randint(0, 2, x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    m2 = torch.randint(0, 2, x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return x.mul(m1).add_(m2).clamp_(0.0, 1.0)
+
+
+def num_batches(n, batch_size):
+    """Batches per epoch, floor(n / batch_size), as the original."""
+    return n // batch_size
+
+
+def batches(x, batch_size, add_noise=False):
+    """Yield (x_hat, x) slices of a fresh permutation of x; x_hat carries noise when add_noise."""
+    perm = torch.randperm(len(x), device=x.device)
+    for i in range(num_batches(len(x), batch_size)):
+        batch = x[perm[i * batch_size:(i + 1) * batch_size]]
+        yield (salt_and_pepper(batch) if add_noise else batch), batch

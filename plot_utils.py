@@ -1,0 +1,73 @@
+"""Pictures: image grids (PRR, PMLR), the labelled latent scatter and the loss curve. No display needed."""
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from PIL import Image
+from scipy.stats import norm
+
+IMAGE_SIZE = 28
+JPEG_MAX_SIDE = 65535
+
+
+def cell_size(resize_factor):
+    """Side in pixels of one resized 28x28 cell, int(28 * resize_factor) as the original."""
+    return int(IMAGE_SIZE * resize_factor)
+
+
+def merge(images, n_img_x, n_img_y, resize_factor=1.0):
+    """Tile n_img_y rows x n_img_x columns of 28x28 images in [0, 1] into one uint8 canvas, cells resized bicubically."""
+    cells = np.clip(np.asarray(images, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE) * 255.0 + 0.5, 0, 255)
+    cells = cells.astype(np.uint8)[:n_img_x * n_img_y]
+    side = cell_size(resize_factor)
+    if side != IMAGE_SIZE:
+        cells = np.stack([np.asarray(Image.fromarray(c).resize((side, side), Image.BICUBIC)) for c in cells])
+    return cells.reshape(n_img_y, n_img_x, side, side).transpose(0, 2, 1, 3).reshape(n_img_y * side, n_img_x * side)
+
+
+def save_grid(path, images, n_img_x, n_img_y, resize_factor=1.0):
+    """Write images as one grey-scale JPEG grid (PRR inputs and reconstructions, PMLR manifolds)."""
+    Image.fromarray(merge(images, n_img_x, n_img_y, resize_factor), mode="L").save(path, quality=95)
+
+
+def manifold_z(n_img_x, n_img_y, z_range, grid="linear"):
+    """Latent grid of n_img_y x n_img_x points, row-major, first row z1 = max (the original's mgrid).
+
+    linear spans [-z_range, z_range]; gaussian sits at the standard normal's quantiles of (i + 0.5) / n,
+    as Figure 4 of Kingma & Welling, and ignores z_range.
+    """
+    if grid == "linear":
+        z1, z2 = np.linspace(z_range, -z_range, n_img_y), np.linspace(z_range, -z_range, n_img_x)
+    elif grid == "gaussian":
+        z1, z2 = (norm.ppf((np.arange(n) + 0.5) / n)[::-1] for n in (n_img_y, n_img_x))
+    else:
+        raise ValueError(f"unknown grid {grid!r}")
+    return np.stack(np.meshgrid(z1, z2, indexing="ij"), axis=-1).reshape(-1, 2).astype(np.float32)
+
+
+def save_scatter(path, z, labels, limit):
+    """Scatter of 2-D latent points coloured by digit (10-colour map, colour bar), axes [-limit, limit]."""
+    fig = Figure(figsize=(8, 6))
+    ax = fig.subplots()
+    points = ax.scatter(z[:, 0], z[:, 1], c=labels, marker="o", edgecolor="none", s=12,
+                        cmap=colormaps["jet"].resampled(10), vmin=-0.5, vmax=9.5)
+    fig.colorbar(points, ax=ax, ticks=range(10))
+    ax.set_xlim(-limit, limit)
+    ax.set_ylim(-limit, limit)
+    ax.set_xlabel("z1 (mean)")
+    ax.set_ylabel("z2 (mean)")
+    ax.grid(True)
+    fig.savefig(path, pil_kwargs={"quality": 95})
+
+
+def save_loss_curve(path, epochs, train_loss, test_loss):
+    """Train and test -ELBO per epoch as a line plot."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(epochs, train_loss, marker="o", label="train -ELBO (epoch mean, dropout on)")
+    ax.plot(epochs, test_loss, marker="o", label="test -ELBO (no dropout)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("-ELBO (nats per image)")
+    ax.legend()
+    ax.grid(True)
+    fig.tight_layout()
+    fig.savefig(path)

@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny synthetic MNIST written as real IDX files, and a way to run the CLI."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import mnist_data  # noqa: E402
+
+N_TRAIN = mnist_data.VALIDATION_SIZE + 256  # 5,000 validation images, then 256 to train on
+N_TEST = 200
+
+
+def write_idx(path, array, magic):
+    """Write a uint8 array as an IDX file (big-endian header: magic, then each dimension)."""
+    with open(path, "wb") as f:
+        f.write(magic.to_bytes(4, "big"))
+        for d in array.shape:
+            f.write(int(d).to_bytes(4, "big"))
+        f.write(np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def synthetic_digits(n, seed):
+    """Images a VAE can learn quickly: label d lights a bar on row 2 + 2d and column 4 + 2d, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = (rng.random((n, 28, 28)) * 40).astype(np.uint8)
+    rows, cols = 2 + 2 * labels.astype(int), 4 + 2 * labels.astype(int)
+    images[np.arange(n), rows, :] = 255
+    images[np.arange(n), :, cols] = 220
+    return images, labels
+
+
+def write_mnist(data_dir, n_train=N_TRAIN, n_test=N_TEST):
+    """Write the four files torchvision reads, under data_dir/MNIST/raw."""
+    raw = mnist_data.raw_folder(str(data_dir))
+    os.makedirs(raw, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 0), ("t10k", n_test, 1)):
+        images, labels = synthetic_digits(n, seed)
+        write_idx(os.path.join(raw, f"{prefix}-images-idx3-ubyte"), images, 2051)
+        write_idx(os.path.join(raw, f"{prefix}-labels-idx1-ubyte"), labels, 2049)
+    return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(tmp_path_factory):
+    """A synthetic MNIST folder shared by the whole session (tests must not modify it)."""
+    return write_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Make every download fail at once: torchvision's mirrors point at a closed local port."""
+    import torchvision
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
+
+
+# Small, fast settings for CLI runs on the synthetic data.
+FAST = ["--batch_size", "64", "--n_hidden", "64", "--PMLR_n_samples", "100"]
+
+
+def run_cli(*args, cwd=ROOT, timeout=240, **kwargs):
+    """Run run_main.py in a subprocess; returns the CompletedProcess with text output."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run_main.py"), *map(str, args)],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs)
