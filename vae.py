@@ -8,6 +8,8 @@ from torch import nn
 DIM_IMG = 28 * 28
 KEEP_PROB = 0.9  # the original's dropout keep probability while training
 LOG_2PI = math.log(2.0 * math.pi)
+# Keep a unit when a uniform 32-bit integer (signed view) falls below this: P(keep) = 0.9 to within 1e-10.
+KEEP_BELOW = -2**31 + int(KEEP_PROB * 2**32)
 
 
 def variance_scaling_(linear):
@@ -18,11 +20,26 @@ def variance_scaling_(linear):
     return linear
 
 
+class Dropout(nn.Module):
+    """Inverted dropout with keep probability KEEP_PROB while training, as tf.nn.dropout.
+
+    Same rule as nn.Dropout, but each unit's uniform draw is a 32-bit integer, two from one 64-bit draw
+    of the generator, where nn.Dropout's bernoulli_ spends a double per unit: a third of the time on CPU.
+    """
+
+    def forward(self, h):
+        if not self.training:
+            return h
+        bits = torch.empty((h.numel() + 1) // 2, dtype=torch.int64, device=h.device).random_(-2**63, None)
+        keep = bits.view(torch.int32)[:h.numel()].view(h.shape) < KEEP_BELOW
+        return h * (keep * (1.0 / KEEP_PROB))  # a float mask, so backward is one multiply
+
+
 def mlp(n_in, n_hidden, n_out, first_act, second_act):
     """Two dropout-regularised hidden layers and a linear output, as both of the original's MLPs."""
     return nn.Sequential(
-        variance_scaling_(nn.Linear(n_in, n_hidden)), first_act, nn.Dropout(1.0 - KEEP_PROB),
-        variance_scaling_(nn.Linear(n_hidden, n_hidden)), second_act, nn.Dropout(1.0 - KEEP_PROB),
+        variance_scaling_(nn.Linear(n_in, n_hidden)), first_act, Dropout(),
+        variance_scaling_(nn.Linear(n_hidden, n_hidden)), second_act, Dropout(),
         variance_scaling_(nn.Linear(n_hidden, n_out)),
     )
 

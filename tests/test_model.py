@@ -17,12 +17,29 @@ def images(n, seed=0):
 def test_layers_are_the_originals():
     model = vae.VAE(dim_z=3, n_hidden=17)
     kinds = lambda seq: [type(m) for m in seq]  # noqa: E731
-    assert kinds(model.encoder.net) == [nn.Linear, nn.ELU, nn.Dropout, nn.Linear, nn.Tanh, nn.Dropout, nn.Linear]
-    assert kinds(model.decoder.net) == [nn.Linear, nn.Tanh, nn.Dropout, nn.Linear, nn.ELU, nn.Dropout, nn.Linear]
+    assert kinds(model.encoder.net) == [nn.Linear, nn.ELU, vae.Dropout, nn.Linear, nn.Tanh, vae.Dropout, nn.Linear]
+    assert kinds(model.decoder.net) == [nn.Linear, nn.Tanh, vae.Dropout, nn.Linear, nn.ELU, vae.Dropout, nn.Linear]
     shapes = lambda seq: [tuple(m.weight.shape) for m in seq if isinstance(m, nn.Linear)]  # noqa: E731
     assert shapes(model.encoder.net) == [(17, 784), (17, 17), (6, 17)]
     assert shapes(model.decoder.net) == [(17, 3), (17, 17), (784, 17)]
-    assert all(m.p == pytest.approx(0.1) for m in model.modules() if isinstance(m, nn.Dropout))
+
+
+def test_dropout_keeps_nine_in_ten_scaled_by_one_over_keep_prob():
+    torch.manual_seed(0)
+    drop = vae.Dropout()
+    h = torch.full((1000, 999), 2.0)  # an odd count, so the last 64-bit draw is only half used
+    out = drop(h)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.002
+    assert torch.allclose(out[kept], torch.tensor(2.0 / 0.9))
+    assert not torch.equal(kept, drop(h) != 0)  # fresh masks each call
+    h.requires_grad_(True)
+    out = drop(h)
+    out.sum().backward()
+    assert torch.equal(h.grad, (out != 0) / 0.9)  # the gradient flows through kept units only
+    drop.eval()
+    assert drop(h) is h
+    assert vae.KEEP_BELOW + 2**31 == int(0.9 * 2**32)
 
 
 def test_shapes_and_positive_sigma():

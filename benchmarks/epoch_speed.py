@@ -1,0 +1,204 @@
+"""Seconds per training epoch: this project's loop against the common PyTorch way, and the GEMM floor.
+
+The common way is how most ports are written: torchvision's MNIST with ToTensor through a DataLoader,
+a sigmoid decoder with the clipped log-likelihood, and the default (foreach) Adam. Both train the same
+architecture with the same initialisation and hyper-parameters, alternating epoch by epoch in one
+process. The floor is the time of the epoch's matrix products alone (forward and backward), measured
+here too. Prints figures; it is not a test.
+
+    python benchmarks/epoch_speed.py --data_dir ../shared/mnist
+"""
+import argparse
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import mnist_data  # noqa: E402
+import vae  # noqa: E402
+
+N_TRAIN, N_TEST = 55000, 10000
+
+
+class CommonVAE(nn.Module):
+    """The architecture written the usual way: sigmoid outputs and the original's clipped log-likelihood."""
+
+    def __init__(self, dim_z, n_hidden):
+        super().__init__()
+        self.dim_z = dim_z
+        drop = 1.0 - vae.KEEP_PROB
+        self.enc = nn.Sequential(nn.Linear(784, n_hidden), nn.ELU(), nn.Dropout(drop), nn.Linear(n_hidden, n_hidden),
+                                 nn.Tanh(), nn.Dropout(drop), nn.Linear(n_hidden, 2 * dim_z))
+        self.dec = nn.Sequential(nn.Linear(dim_z, n_hidden), nn.Tanh(), nn.Dropout(drop), nn.Linear(n_hidden, n_hidden),
+                                 nn.ELU(), nn.Dropout(drop), nn.Linear(n_hidden, 784), nn.Sigmoid())
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                vae.variance_scaling_(m)
+
+    def loss(self, x_hat, x):
+        h = self.enc(x_hat)
+        mu, sigma = h[:, :self.dim_z], 1e-6 + F.softplus(h[:, self.dim_z:])
+        y = self.dec(mu + sigma * torch.randn_like(sigma)).clamp(1e-8, 1 - 1e-8)
+        nll = -torch.sum(x * torch.log(y) + (1 - x) * torch.log(1 - y), 1).mean()
+        kl = vae.kl_divergence(mu, sigma).mean()
+        return nll + kl, nll, kl
+
+
+def common_loader(data_dir, batch_size):
+    """torchvision MNIST -> ToTensor -> DataLoader, the first 5,000 images held out as the original."""
+    import torchvision
+    from torchvision import transforms
+    full = torchvision.datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
+    train = torch.utils.data.Subset(full, range(mnist_data.VALIDATION_SIZE, len(full)))
+    return torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True)
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """Stand-in for MNIST when it is not on disk: random images of its shape, as PIL would give them."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        from torchvision.transforms.functional import to_tensor
+        from PIL import Image
+        return to_tensor(Image.fromarray((self.x[i].reshape(28, 28) * 255).byte().numpy(), mode="L")), 0
+
+
+def common_epoch(model, optimizer, loader, device):
+    """One epoch the common way."""
+    model.train()
+    for x, _ in loader:
+        x = x.view(-1, 784).to(device)
+        loss, _, _ = model.loss(x, x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def gemm_floor(dim_z, n_hidden, batch_size, steps, device, repeats=3):
+    """Seconds for one epoch's matrix products only: every layer's forward, weight-gradient and input-gradient GEMM."""
+    layers = [(784, n_hidden), (n_hidden, n_hidden), (n_hidden, 2 * dim_z),
+              (dim_z, n_hidden), (n_hidden, n_hidden), (n_hidden, 784)]
+    products = []
+    for i, (n_in, n_out) in enumerate(layers):
+        x, w, dy = (torch.randn(*s, device=device) for s in ((batch_size, n_in), (n_out, n_in), (batch_size, n_out)))
+        products.append((x, w.t(), torch.empty(batch_size, n_out, device=device)))        # y = x W^T
+        products.append((dy.t(), x, torch.empty(n_out, n_in, device=device)))             # dW = dy^T x
+        if i != 0:                                                                        # no dx for the images
+            products.append((dy, w, torch.empty(batch_size, n_in, device=device)))        # dx = dy W
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            for a, b, out in products:
+                torch.mm(a, b, out=out)
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_rss_of_full_run(data_dir, device, epochs):
+    """Peak resident memory (MB) of `run_main.py --dim_z 20` with every default, as a child process."""
+    with tempfile.TemporaryDirectory() as results:
+        subprocess.run([sys.executable, os.path.join(ROOT, "run_main.py"), "--dim_z", "20", "--num_epochs", str(epochs),
+                        "--data_dir", data_dir, "--results_path", results, "--device", device.type],
+                       check=True, stdout=subprocess.DEVNULL)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def main():
+    default_dir = os.path.join(ROOT, "..", "shared", "mnist")
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data_dir", default=default_dir if os.path.isdir(default_dir) else None,
+                   help="MNIST folder (default ../shared/mnist when present; else random data of MNIST's shape)")
+    p.add_argument("--epochs", type=int, default=5, help="epochs of each way, alternating")
+    p.add_argument("--dim_z", type=int, default=20)
+    p.add_argument("--n_hidden", type=int, default=500)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--memory_epochs", type=int, default=2, help="epochs of the run_main.py run whose memory is read")
+    args = p.parse_args()
+    device = torch.device(args.device)
+
+    if args.data_dir:
+        data = mnist_data.load_mnist(args.data_dir, device)
+        train_x, test_x = data.train_x, data.test_x
+        loader = common_loader(args.data_dir, args.batch_size)
+    else:
+        g = torch.Generator().manual_seed(0)
+        train_x, test_x = torch.rand(N_TRAIN, 784, generator=g), torch.rand(N_TEST, 784, generator=g)
+        loader = torch.utils.data.DataLoader(RandomImages(train_x), batch_size=args.batch_size, shuffle=True,
+                                             drop_last=True)
+        train_x, test_x = train_x.to(device), test_x.to(device)
+    steps = mnist_data.num_batches(len(train_x), args.batch_size)
+
+    torch.manual_seed(0)
+    ours = vae.VAE(args.dim_z, args.n_hidden).to(device)
+    ours_opt = vae.adam(ours, 1e-3)
+    torch.manual_seed(0)
+    common = CommonVAE(args.dim_z, args.n_hidden).to(device)
+    common_opt = torch.optim.Adam(common.parameters(), lr=1e-3)
+
+    times = {"ours": [], "common": []}
+    for epoch in range(args.epochs):
+        for name in ("ours", "common"):
+            sync(device)
+            t0 = time.perf_counter()
+            if name == "ours":
+                vae.train_epoch(ours, ours_opt, mnist_data.batches(train_x, args.batch_size))
+            else:
+                common_epoch(common, common_opt, loader, device)
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+        print(f"epoch {epoch}: ours {times['ours'][-1]:.2f} s, common {times['common'][-1]:.2f} s", flush=True)
+    test = {name: vae.evaluate(model, test_x, test_x)[0].item() for name, model in (("ours", ours), ("common", common))}
+    floor = gemm_floor(args.dim_z, args.n_hidden, args.batch_size, steps, device)
+    bench_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    run_rss = peak_rss_of_full_run(args.data_dir, device, args.memory_epochs) if args.data_dir else float("nan")
+
+    ours_s, common_s = statistics.median(times["ours"]), statistics.median(times["common"])
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
+    print()
+    print(f"device: {device.type} ({where}); torch {torch.__version__}; "
+          f"data: {'MNIST ' + args.data_dir if args.data_dir else 'random, MNIST shape'}")
+    print(f"model: dim_z {args.dim_z}, n_hidden {args.n_hidden}, batch {args.batch_size}, {steps} steps/epoch, "
+          f"median of {args.epochs} epochs each")
+    print()
+    print("| way | s/epoch | images/s | test -ELBO after %d epochs |" % args.epochs)
+    print("|---|---|---|---|")
+    print(f"| this project | {ours_s:.2f} | {steps * args.batch_size / ours_s:,.0f} | {test['ours']:.2f} |")
+    print(f"| common way (DataLoader + ToTensor, foreach Adam) | {common_s:.2f} | "
+          f"{steps * args.batch_size / common_s:,.0f} | {test['common']:.2f} |")
+    print(f"| matrix products alone (floor) | {floor:.2f} | {steps * args.batch_size / floor:,.0f} | |")
+    print()
+    print(f"ours / common: {ours_s / common_s:.2f}   ours / floor: {ours_s / floor:.2f}   "
+          f"test -ELBO ours - common: {test['ours'] - test['common']:+.2f} nats")
+    print(f"peak RSS: this benchmark {bench_rss:.0f} MB; run_main.py --dim_z 20 ({args.memory_epochs} epochs, "
+          f"with evaluation and plots) {run_rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
