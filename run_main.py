@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import pathlib
 import shlex
 import signal
 import sys
@@ -329,15 +330,20 @@ def main(argv=None):
     if start == args.num_epochs:
         save_plots(start - 1)
 
-    # evaluate the likelihood bound
+    # evaluate: the likelihood bound, and how well noise is removed
+    evaluation = {"epochs": args.num_epochs, "test_images": len(data.test_x)}
+    x_test_hat = mnist_data.salt_and_pepper(data.test_x) if args.add_noise else data.test_x
     if args.iw_samples:
-        x_test_hat = mnist_data.salt_and_pepper(data.test_x) if args.add_noise else data.test_x
         log_px = vae.mean_log_likelihood(model, x_test_hat, data.test_x, args.iw_samples)
         print("test log p(x) >= -%.2f nats (K=%d)" % (-log_px, args.iw_samples), flush=True)
-        with open(out("evaluation.json"), "w") as f:
-            json.dump({"K": args.iw_samples, "test_log_likelihood": log_px, "epochs": args.num_epochs,
-                       "test_images": len(data.test_x)}, f, indent=2)
-            f.write("\n")
+        evaluation.update(K=args.iw_samples, test_log_likelihood=log_px)
+    if args.add_noise:
+        noisy, restored = vae.mean_abs_error(model, x_test_hat, data.test_x)
+        print("denoising: mean absolute error to the clean test images: noisy %.4f, restored %.4f"
+              % (noisy, restored), flush=True)
+        evaluation.update(mae_noisy=noisy, mae_restored=restored)
+    if args.iw_samples or args.add_noise:
+        atomic_write(out("evaluation.json"), lambda tmp: pathlib.Path(tmp).write_text(json.dumps(evaluation, indent=2)))
 
 
 if __name__ == "__main__":

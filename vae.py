@@ -118,6 +118,15 @@ class VAE(nn.Module):
         return self.encoder(x_hat)[0]
 
 
+@torch.no_grad()
+def mean_abs_error(model, x_hat, x, batch_size=1000):
+    """Mean absolute pixel error against x of the inputs x_hat and of their reconstructions: (input, restored)."""
+    model.eval()
+    restored = sum((model.reconstruct(x_hat[i:i + batch_size]) - x[i:i + batch_size]).abs().sum().item()
+                   for i in range(0, len(x), batch_size))
+    return (x_hat - x).abs().mean().item(), restored / x.numel()
+
+
 def adam(model, learn_rate):
     """Adam with the fused kernel where the device has one (same update, one pass over the weights)."""
     try:
