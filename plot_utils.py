@@ -44,6 +44,11 @@ def manifold_z(n_img_x, n_img_y, z_range, grid="linear"):
     return np.stack(np.meshgrid(z1, z2, indexing="ij"), axis=-1).reshape(-1, 2).astype(np.float32)
 
 
+def scatter_limit(z_grid):
+    """Half-width of the latent map's axes: the manifold grid's extent plus 2, the original's z_range + 2."""
+    return float(np.abs(z_grid).max()) + 2.0
+
+
 def save_scatter(path, z, labels, limit):
     """Scatter of 2-D latent points coloured by digit (10-colour map, colour bar), axes [-limit, limit]."""
     fig = Figure(figsize=(8, 6))

@@ -277,7 +277,7 @@ def main(argv=None):
                 plot_utils.save_grid(out(f"PMLR_epoch_{epoch:02d}.jpg"), decoded,
                                      args.PMLR_n_img_x, args.PMLR_n_img_y, args.PMLR_resize_factor)
                 plot_utils.save_scatter(out(f"PMLR_map_epoch_{epoch:02d}.jpg"), model.latent_mean(x_pmlr_hat).cpu(),
-                                        data.test_y[:n_pmlr].cpu(), abs(z_grid).max() + 2)
+                                        data.test_y[:n_pmlr].cpu(), plot_utils.scatter_limit(z_grid))
 
     # train
     saved = args.resume  # the newest checkpoint a user could resume from

@@ -1,11 +1,16 @@
 """End to end: the CLI in a subprocess on synthetic MNIST; files, resume, interruption, reproducibility."""
 import csv
+import fcntl
+import json
 import os
+import pty
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import numpy as np
@@ -66,6 +71,12 @@ def test_end_to_end_writes_every_file(first_run):
     checkpoint = torch.load(os.path.join(results, "checkpoint.pt"), weights_only=True)
     assert checkpoint["epoch"] == 2 and checkpoint["model_args"] == {"dim_z": 2, "n_hidden": 64}
     assert not any(name.endswith(".tmp") for name in os.listdir(results))
+    noise = re.search(r"^denoising: mean absolute error to the clean test images: noisy ([\d.]+), restored ([\d.]+)$",
+                      done.stdout, re.M)
+    assert noise, done.stdout
+    evaluation = json.loads(open(os.path.join(results, "evaluation.json")).read())
+    assert evaluation["mae_noisy"] == pytest.approx(float(noise.group(1)), abs=1e-4)
+    assert evaluation["mae_restored"] == pytest.approx(float(noise.group(2)), abs=1e-4)
 
 
 def test_noisy_input_differs_from_clean_input(first_run):
@@ -113,7 +124,6 @@ def test_resume_with_finished_epochs_only_plots_and_evaluates(first_run, mnist_d
     assert epochs_printed(done.stdout) == []
     assert re.search(r"^test log p\(x\) >= -\d+\.\d\d nats \(K=5\)$", done.stdout, re.M), done.stdout
     assert os.path.exists(tmp_path / "PRR_epoch_01.jpg") and os.path.exists(tmp_path / "PMLR_map_epoch_01.jpg")
-    import json
     evaluation = json.loads((tmp_path / "evaluation.json").read_text())
     assert evaluation["K"] == 5 and evaluation["test_log_likelihood"] < 0
 
@@ -177,3 +187,25 @@ def test_sigint_stops_between_batches_and_keeps_the_checkpoint(mnist_dir, tmp_pa
     assert f"--resume {results / 'checkpoint.pt'}" in stderr
     checkpoint = torch.load(results / "checkpoint.pt", weights_only=True)
     assert checkpoint["epoch"] == len(finished) == len(metrics(results))
+
+
+def test_progress_bar_only_on_a_terminal(mnist_dir, tmp_path):
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0x0: no room for a bar
+    child = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_main.py"), "--dim_z", "2", "--num_epochs", "1",
+                              "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", tmp_path],
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=terminal, text=True)
+    os.close(terminal)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    child.wait(timeout=120)
+    os.close(controller)
+    assert child.returncode == 0
+    assert re.search(rb"epoch 0: +\d+%\|.*\| \d/4 \[", shown), shown  # tqdm's bar over the 4 batches

@@ -169,3 +169,15 @@ def test_iw_chunking_gives_the_same_estimate(trained):
     chunked = vae.iw_log_likelihood(model, x[:20], x[:20], 400, max_rows=50)  # 2 samples per chunk
     assert whole.shape == chunked.shape == (20,)
     assert (whole - chunked).abs().mean() < 0.3
+
+
+def test_mean_abs_error_of_noisy_and_restored_inputs(trained):
+    model, x = trained
+    noisy = (x + 0.25).clamp(0, 1)
+    torch.manual_seed(4)
+    got_noisy, got_restored = vae.mean_abs_error(model, noisy, x, batch_size=64)  # batches of 64, 64, 64, 8
+    torch.manual_seed(4)
+    expected = (model.reconstruct(noisy) - x).abs().mean().item()
+    assert got_noisy == pytest.approx((noisy - x).abs().mean().item())
+    assert got_restored == pytest.approx(expected, rel=1e-5)
+    assert got_restored < got_noisy  # a trained model pulls the shifted images back towards the data

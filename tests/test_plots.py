@@ -58,6 +58,12 @@ def test_gaussian_manifold_sits_at_normal_quantiles():
         plot_utils.manifold_z(2, 2, 1.0, grid="polar")
 
 
+def test_scatter_axes_follow_the_grid():
+    assert plot_utils.scatter_limit(plot_utils.manifold_z(20, 20, 2.0)) == pytest.approx(4.0)  # the original's
+    gaussian = plot_utils.manifold_z(20, 20, 2.0, grid="gaussian")
+    assert plot_utils.scatter_limit(gaussian) == pytest.approx(norm.ppf(1 - 0.5 / 20) + 2, abs=1e-5)
+
+
 def test_scatter_and_loss_curve_files(tmp_path):
     rng = np.random.default_rng(0)
     plot_utils.save_scatter(tmp_path / "map.jpg", rng.normal(size=(300, 2)), rng.integers(0, 10, 300), limit=4.0)
