@@ -24,7 +24,7 @@ class Dropout(nn.Module):
     """Inverted dropout with keep probability KEEP_PROB while training, as tf.nn.dropout.
 
     Same rule as nn.Dropout, but each unit's uniform draw is a 32-bit integer, two from one 64-bit draw
-    of the generator, where nn.Dropout's bernoulli_ spends a double per unit: a third of the time on CPU.
+    of the generator, where nn.Dropout's bernoulli_ spends a double per unit: about half the time on CPU.
     """
 
     def forward(self, h):
