@@ -287,10 +287,13 @@ def main(argv=None):
     for epoch in range(start, args.num_epochs):
         t0 = time.perf_counter()
         bar = tqdm(total=n_batches, desc=f"epoch {epoch}", leave=False, disable=not show_bar)
-        on_step = (lambda step: bar.set_postfix(loss=f"{step[0].item():.2f}", refresh=False) or bar.update()) \
-            if show_bar else None
+
+        def show_step(step):
+            bar.set_postfix(loss=f"{step[0].item():.2f}", refresh=False)
+            bar.update()
+
         train = vae.train_epoch(model, optimizer, mnist_data.batches(data.train_x, args.batch_size, args.add_noise),
-                                should_stop=lambda: bool(stop), on_step=on_step)
+                                should_stop=lambda: bool(stop), on_step=show_step if show_bar else None)
         bar.close()
         if train is None:
             if saved is None:
@@ -321,7 +324,7 @@ def main(argv=None):
         state = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "epoch": epoch + 1, "best_loss": best_loss, "history": history,
                  "model_args": {"dim_z": args.dim_z, "n_hidden": args.n_hidden},
-                 "args": {k: v for k, v in vars(args).items()}, "rng": rng_state(device)}
+                 "args": dict(vars(args)), "rng": rng_state(device)}
         atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
         saved = checkpoint_path
     signal.signal(signal.SIGINT, signal.default_int_handler)

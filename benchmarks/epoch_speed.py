@@ -20,7 +20,10 @@ import time
 
 import torch
 import torch.nn.functional as F
+import torchvision
+from PIL import Image
 from torch import nn
+from torchvision.transforms.functional import to_tensor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -57,9 +60,7 @@ class CommonVAE(nn.Module):
 
 def common_loader(data_dir, batch_size):
     """torchvision MNIST -> ToTensor -> DataLoader, the first 5,000 images held out as the original."""
-    import torchvision
-    from torchvision import transforms
-    full = torchvision.datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
+    full = torchvision.datasets.MNIST(data_dir, train=True, transform=torchvision.transforms.ToTensor())
     train = torch.utils.data.Subset(full, range(mnist_data.VALIDATION_SIZE, len(full)))
     return torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True)
 
@@ -74,8 +75,6 @@ class RandomImages(torch.utils.data.Dataset):
         return len(self.x)
 
     def __getitem__(self, i):
-        from torchvision.transforms.functional import to_tensor
-        from PIL import Image
         return to_tensor(Image.fromarray((self.x[i].reshape(28, 28) * 255).byte().numpy(), mode="L")), 0
 
 
