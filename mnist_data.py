@@ -9,6 +9,9 @@ import torchvision
 
 IMAGE_SIZE = 28
 VALIDATION_SIZE = 5000  # the first 5,000 training images, as the original
+# Seed of the one fixed binarization of the test (and validation) images: not --seed, so every run,
+# whatever its seed or device, is scored on the same binary test images.
+BINARIZE_SEED = 1312_6114
 
 # (file name, IDX magic number, number of dimensions) of the four files torchvision reads.
 FILES = (
@@ -66,8 +69,12 @@ def check_idx(path, magic, ndim):
     return dims[0]
 
 
-def load_mnist(data_dir, device):
-    """Load MNIST from data_dir (downloading if missing) and split it as the original, on device."""
+def load_mnist(data_dir, device, binarize=False):
+    """Load MNIST from data_dir (downloading if missing) and split it as the original, on device.
+
+    binarize: the test and validation images are binarized once with BINARIZE_SEED; the training images
+    stay grey, to be binarized afresh in every batch.
+    """
     if _missing(data_dir):
         _download(data_dir)
     counts = [check_idx(os.path.join(raw_folder(data_dir), name), magic, ndim) for name, magic, ndim in FILES]
@@ -78,20 +85,32 @@ def load_mnist(data_dir, device):
 
     def tensors(train):
         ds = torchvision.datasets.MNIST(data_dir, train=train, download=False)
-        x = ds.data.reshape(len(ds.data), -1).to(device=device, dtype=torch.float32).div_(255.0)
-        return x, ds.targets.to(device=device, dtype=torch.int64)
+        if len(ds.targets) and not 0 <= int(ds.targets.min()) <= int(ds.targets.max()) <= 9:
+            name = FILES[1 if train else 3][0]
+            raise MNISTError(f"{os.path.join(raw_folder(data_dir), name)} holds labels outside 0-9 "
+                             f"({int(ds.targets.min())} to {int(ds.targets.max())}); replace it with the original file")
+        return ds.data.reshape(len(ds.data), -1).float().div_(255.0), ds.targets.long()
 
     train_x, train_y = tensors(True)
     test_x, test_y = tensors(False)
-    return MNIST(train_x[VALIDATION_SIZE:], train_y[VALIDATION_SIZE:],
-                 train_x[:VALIDATION_SIZE], train_y[:VALIDATION_SIZE], test_x, test_y)
+    valid_x = train_x[:VALIDATION_SIZE]
+    if binarize:  # on the CPU with its own generator, so the same binary images on every device
+        fixed = torch.Generator().manual_seed(BINARIZE_SEED)
+        test_x, valid_x = bernoulli(test_x, fixed), bernoulli(valid_x, fixed)
+    return MNIST(*(t.to(device) for t in (train_x[VALIDATION_SIZE:], train_y[VALIDATION_SIZE:],
+                                          valid_x, train_y[:VALIDATION_SIZE], test_x, test_y)))
+
+
+def bernoulli(x, generator=None):
+    """Binarize grey levels: each pixel is 1 with probability its value in [0, 1], else 0."""
+    return torch.bernoulli(x, generator=generator)
 
 
 def salt_and_pepper(x, generator=None):
-    """The original's noise, x * m1 + m2 with Bernoulli(1/2) masks, clamped to [0, 1]."""
+    """The original's noise, x * m1 + m2 with Bernoulli(1/2) masks, not clamped: values lie in [0, 2]."""
     m1 = torch.randint(0, 2, x.shape, generator=generator, device=x.device, dtype=x.dtype)
     m2 = torch.randint(0, 2, x.shape, generator=generator, device=x.device, dtype=x.dtype)
-    return x.mul(m1).add_(m2).clamp_(0.0, 1.0)
+    return x.mul(m1).add_(m2)
 
 
 def num_batches(n, batch_size):
@@ -99,9 +118,12 @@ def num_batches(n, batch_size):
     return n // batch_size
 
 
-def batches(x, batch_size, add_noise=False):
-    """Yield (x_hat, x) slices of a fresh permutation of x; x_hat carries noise when add_noise."""
+def batches(x, batch_size, add_noise=False, binarize=False):
+    """Yield (x_hat, x) slices of a fresh permutation of x, binarized afresh when binarize; x_hat carries
+    noise when add_noise."""
     perm = torch.randperm(len(x), device=x.device)
     for i in range(num_batches(len(x), batch_size)):
         batch = x[perm[i * batch_size:(i + 1) * batch_size]]
+        if binarize:
+            batch = bernoulli(batch)
         yield (salt_and_pepper(batch) if add_noise else batch), batch

@@ -1,11 +1,15 @@
-"""Pictures: image grids (PRR, PMLR), the labelled latent scatter and the loss curve. No display needed."""
+"""Pictures: image grids (PRR, PMLR, PRS), the labelled latent scatter and the loss curve. No display needed.
+
+Each writer takes a path or a binary file object.
+"""
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 from scipy.stats import norm
 
-IMAGE_SIZE = 28
+from mnist_data import IMAGE_SIZE
+
 JPEG_MAX_SIDE = 65535
 
 
@@ -14,9 +18,22 @@ def cell_size(resize_factor):
     return int(IMAGE_SIZE * resize_factor)
 
 
-def merge(images, n_img_x, n_img_y, resize_factor=1.0):
-    """Tile n_img_y rows x n_img_x columns of 28x28 images in [0, 1] into one uint8 canvas, cells resized bicubically."""
-    cells = np.clip(np.asarray(images, dtype=np.float32).reshape(-1, IMAGE_SIZE, IMAGE_SIZE) * 255.0 + 0.5, 0, 255)
+def grid_bytes(n_img_x, n_img_y, resize_factor):
+    """Memory that drawing one grid takes, about: the canvas four times over (cells, tiles, image, encoder)."""
+    return 4 * n_img_x * n_img_y * cell_size(resize_factor) ** 2
+
+
+def merge(images, n_img_x, n_img_y, resize_factor=1.0, stretch=False):
+    """Tile n_img_y rows x n_img_x columns of 28x28 images into one uint8 canvas, cells resized bicubically.
+
+    Values in [0, 1] map to 0..255; stretch maps the grid's minimum..maximum there instead, as the
+    original's image writer did (for noisy inputs, whose pixels reach 2).
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if stretch:
+        low, high = images.min(), images.max()
+        images = (images - low) / (high - low if high > low else 1.0)
+    cells = np.clip(images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE) * 255.0 + 0.5, 0, 255)
     cells = cells.astype(np.uint8)[:n_img_x * n_img_y]
     side = cell_size(resize_factor)
     if side != IMAGE_SIZE:
@@ -24,9 +41,10 @@ def merge(images, n_img_x, n_img_y, resize_factor=1.0):
     return cells.reshape(n_img_y, n_img_x, side, side).transpose(0, 2, 1, 3).reshape(n_img_y * side, n_img_x * side)
 
 
-def save_grid(path, images, n_img_x, n_img_y, resize_factor=1.0):
-    """Write images as one grey-scale JPEG grid (PRR inputs and reconstructions, PMLR manifolds)."""
-    Image.fromarray(merge(images, n_img_x, n_img_y, resize_factor), mode="L").save(path, quality=95)
+def save_grid(path, images, n_img_x, n_img_y, resize_factor=1.0, stretch=False):
+    """Write images as one grey-scale JPEG grid (PRR inputs and reconstructions, PMLR manifolds, PRS samples)."""
+    canvas = merge(images, n_img_x, n_img_y, resize_factor, stretch)
+    Image.fromarray(canvas, mode="L").save(path, format="JPEG", quality=95)
 
 
 def manifold_z(n_img_x, n_img_y, z_range, grid="linear"):
@@ -61,7 +79,7 @@ def save_scatter(path, z, labels, limit):
     ax.set_xlabel("z1 (mean)")
     ax.set_ylabel("z2 (mean)")
     ax.grid(True)
-    fig.savefig(path, pil_kwargs={"quality": 95})
+    fig.savefig(path, format="jpg", pil_kwargs={"quality": 95})
 
 
 def save_loss_curve(path, epochs, train_loss, test_loss):
@@ -75,4 +93,4 @@ def save_loss_curve(path, epochs, train_loss, test_loss):
     ax.legend()
     ax.grid(True)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")

@@ -1,15 +1,17 @@
 """The VAE of Kingma & Welling: Gaussian MLP encoder, Bernoulli MLP decoder, -ELBO, likelihood bounds."""
 import math
+import os
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-DIM_IMG = 28 * 28
+from mnist_data import IMAGE_SIZE
+
+DIM_IMG = IMAGE_SIZE * IMAGE_SIZE
 KEEP_PROB = 0.9  # the original's dropout keep probability while training
 LOG_2PI = math.log(2.0 * math.pi)
-# Keep a unit when a uniform 32-bit integer (signed view) falls below this: P(keep) = 0.9 to within 1e-10.
-KEEP_BELOW = -2**31 + int(KEEP_PROB * 2**32)
 
 
 def variance_scaling_(linear):
@@ -21,25 +23,31 @@ def variance_scaling_(linear):
 
 
 class Dropout(nn.Module):
-    """Inverted dropout with keep probability KEEP_PROB while training, as tf.nn.dropout.
+    """Inverted dropout with keep probability keep_prob while training, as tf.nn.dropout; 1.0 is no dropout.
 
     Same rule as nn.Dropout, but each unit's uniform draw is a 32-bit integer, two from one 64-bit draw
     of the generator, where nn.Dropout's bernoulli_ spends a double per unit: about half the time on CPU.
     """
 
+    def __init__(self, keep_prob=KEEP_PROB):
+        super().__init__()
+        self.keep_prob = keep_prob
+        # keep a unit when its uniform 32-bit integer (signed view) falls below this: P(keep) exact to 1e-10
+        self.keep_below = -2**31 + int(keep_prob * 2**32)
+
     def forward(self, h):
-        if not self.training:
+        if not self.training or self.keep_prob == 1.0:
             return h
         bits = torch.empty((h.numel() + 1) // 2, dtype=torch.int64, device=h.device).random_(-2**63, None)
-        keep = bits.view(torch.int32)[:h.numel()].view(h.shape) < KEEP_BELOW
-        return h * (keep * (1.0 / KEEP_PROB))  # a float mask, so backward is one multiply
+        keep = bits.view(torch.int32)[:h.numel()].view(h.shape) < self.keep_below
+        return h * keep.to(h.dtype).mul_(1.0 / self.keep_prob)  # a float mask, so backward is one multiply
 
 
-def mlp(n_in, n_hidden, n_out, first_act, second_act):
+def mlp(n_in, n_hidden, n_out, first_act, second_act, keep_prob):
     """Two dropout-regularised hidden layers and a linear output, as both of the original's MLPs."""
     return nn.Sequential(
-        variance_scaling_(nn.Linear(n_in, n_hidden)), first_act, Dropout(),
-        variance_scaling_(nn.Linear(n_hidden, n_hidden)), second_act, Dropout(),
+        variance_scaling_(nn.Linear(n_in, n_hidden)), first_act, Dropout(keep_prob),
+        variance_scaling_(nn.Linear(n_hidden, n_hidden)), second_act, Dropout(keep_prob),
         variance_scaling_(nn.Linear(n_hidden, n_out)),
     )
 
@@ -47,13 +55,13 @@ def mlp(n_in, n_hidden, n_out, first_act, second_act):
 class Encoder(nn.Module):
     """Gaussian MLP encoder q(z|x): ELU then tanh hidden layers; returns mu and sigma."""
 
-    def __init__(self, dim_z, n_hidden, dim_img=DIM_IMG):
+    def __init__(self, dim_z, n_hidden, keep_prob=KEEP_PROB, dim_img=DIM_IMG):
         super().__init__()
         self.dim_z = dim_z
-        self.net = mlp(dim_img, n_hidden, 2 * dim_z, nn.ELU(inplace=True), nn.Tanh())
+        self.net = mlp(dim_img, n_hidden, 2 * dim_z, nn.ELU(inplace=True), nn.Tanh(), keep_prob)
 
     def forward(self, x):
-        params = self.net(x)
+        params = self.net(x).float()  # fp32 from here on, also when the products ran in bf16
         mu, s = params[:, :self.dim_z], params[:, self.dim_z:]
         return mu, 1e-6 + F.softplus(s)
 
@@ -61,12 +69,12 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     """Bernoulli MLP decoder p(x|z): tanh then ELU hidden layers; returns the pixels' logits."""
 
-    def __init__(self, dim_z, n_hidden, dim_img=DIM_IMG):
+    def __init__(self, dim_z, n_hidden, keep_prob=KEEP_PROB, dim_img=DIM_IMG):
         super().__init__()
-        self.net = mlp(dim_z, n_hidden, dim_img, nn.Tanh(), nn.ELU(inplace=True))
+        self.net = mlp(dim_z, n_hidden, dim_img, nn.Tanh(), nn.ELU(inplace=True), keep_prob)
 
     def forward(self, z):
-        return self.net(z)
+        return self.net(z).float()  # fp32 logits, also when the products ran in bf16
 
 
 def neg_log_likelihood(logits, x):
@@ -83,11 +91,15 @@ def kl_divergence(mu, sigma):
 class VAE(nn.Module):
     """Encoder, reparameterised sample z = mu + sigma * eps, decoder."""
 
-    def __init__(self, dim_z, n_hidden, dim_img=DIM_IMG):
+    def __init__(self, dim_z, n_hidden, keep_prob=KEEP_PROB, dim_img=DIM_IMG):
         super().__init__()
-        self.dim_z, self.n_hidden = dim_z, n_hidden
-        self.encoder = Encoder(dim_z, n_hidden, dim_img)
-        self.decoder = Decoder(dim_z, n_hidden, dim_img)
+        self.dim_z, self.n_hidden, self.keep_prob = dim_z, n_hidden, keep_prob
+        self.encoder = Encoder(dim_z, n_hidden, keep_prob, dim_img)
+        self.decoder = Decoder(dim_z, n_hidden, keep_prob, dim_img)
+
+    def model_args(self):
+        """The arguments that rebuild this model: VAE(**model.model_args())."""
+        return {"dim_z": self.dim_z, "n_hidden": self.n_hidden, "keep_prob": self.keep_prob}
 
     def forward(self, x_hat):
         """Encode x_hat, sample z, decode; returns logits, mu, sigma."""
@@ -103,9 +115,9 @@ class VAE(nn.Module):
         return nll + kl, nll, kl
 
     @torch.no_grad()
-    def reconstruct(self, x_hat):
-        """Pixel probabilities of the decoded sample of each input, as the original's PRR images."""
-        return torch.sigmoid(self(x_hat)[0])
+    def encode(self, x):
+        """The posterior q(z|x) of each image: (mu, sigma). x: (N, 784), (N, 28, 28) or (N, 1, 28, 28)."""
+        return self.encoder(as_rows(x))
 
     @torch.no_grad()
     def decode(self, z):
@@ -113,18 +125,41 @@ class VAE(nn.Module):
         return torch.sigmoid(self.decoder(z))
 
     @torch.no_grad()
-    def latent_mean(self, x_hat):
-        """The encoder's mean mu for each input."""
-        return self.encoder(x_hat)[0]
+    def reconstruct(self, x_hat):
+        """Pixel probabilities of the decoded sample of each input, as the original's PRR images."""
+        return torch.sigmoid(self(as_rows(x_hat))[0])
+
+    @torch.no_grad()
+    def sample(self, n, generator=None):
+        """n images from the generative model: pixel probabilities for z ~ N(0, I)."""
+        device = next(self.parameters()).device
+        return self.decode(torch.randn(n, self.dim_z, generator=generator, device=device))
 
 
-@torch.no_grad()
-def mean_abs_error(model, x_hat, x, batch_size=1000):
-    """Mean absolute pixel error against x of the inputs x_hat and of their reconstructions: (input, restored)."""
-    model.eval()
-    restored = sum((model.reconstruct(x_hat[i:i + batch_size]) - x[i:i + batch_size]).abs().sum().item()
-                   for i in range(0, len(x), batch_size))
-    return (x_hat - x).abs().mean().item(), restored / x.numel()
+def as_rows(x):
+    """Images as (N, 784) rows: accepts (N, 784), (N, 28, 28) and (N, 1, 28, 28); ValueError otherwise."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"expected a floating-point tensor of images in [0, 1], got {type(x).__name__}"
+                         + (f" of {x.dtype}" if isinstance(x, torch.Tensor) else ""))
+    shapes = ((DIM_IMG,), (IMAGE_SIZE, IMAGE_SIZE), (1, IMAGE_SIZE, IMAGE_SIZE))
+    if x.dim() < 2 or tuple(x.shape[1:]) not in shapes:
+        raise ValueError(f"expected images of shape (N, 784), (N, 28, 28) or (N, 1, 28, 28), got {tuple(x.shape)}")
+    return x.reshape(len(x), DIM_IMG)
+
+
+class Metrics(NamedTuple):
+    """Mean -ELBO over images and its two terms, in nats: loss = likelihood + divergence."""
+    loss: float
+    likelihood: float  # -log p(x|z), the original's L_likelihood
+    divergence: float  # KL(q(z|x) || p(z)), the original's L_divergence
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def autocast(device, precision):
+    """Training's numerics: bf16 runs the linear layers' products in bfloat16, all else stays fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def adam(model, learn_rate):
@@ -135,58 +170,128 @@ def adam(model, learn_rate):
         return torch.optim.Adam(model.parameters(), lr=learn_rate)
 
 
-def train_epoch(model, optimizer, batches, should_stop=None, on_step=None):
-    """One pass of Adam over (x_hat, x) batches; the mean (loss, nll, kl), or None if should_stop() said so."""
+def train_epoch(model, optimizer, batches, precision="fp32", should_stop=None, on_step=None):
+    """One pass of Adam over (x_hat, x) batches: the mean Metrics, or None if should_stop() said so.
+
+    on_step(loss) is called after each step with the batch's loss tensor.
+    """
     model.train()
-    sums, n = torch.zeros(3, device=next(model.parameters()).device), 0
+    device = next(model.parameters()).device
+    sums, n = torch.zeros(3, device=device), 0
     for x_hat, x in batches:
         if should_stop is not None and should_stop():
             return None
-        loss, nll, kl = model.loss(x_hat, x)
+        with autocast(device, precision):
+            loss, nll, kl = model.loss(x_hat, x)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        step = torch.stack((loss, nll, kl)).detach()
-        sums += step
+        sums += torch.stack((loss, nll, kl)).detach()
         n += 1
         if on_step is not None:
-            on_step(step)
-    return sums / n
+            on_step(loss.detach())
+    return Metrics(*(sums / n).tolist())
+
+
+def chunked_sum(fn, x_hat, x, batch_size, on_chunk=None):
+    """Sum of fn(x_hat[i:j], x[i:j]) over consecutive chunks of batch_size images; on_chunk(size) after each."""
+    total = 0
+    for i in range(0, len(x), batch_size):
+        total = total + fn(x_hat[i:i + batch_size], x[i:i + batch_size])
+        if on_chunk is not None:
+            on_chunk(len(x[i:i + batch_size]))
+    return total
 
 
 @torch.no_grad()
 def evaluate(model, x_hat, x, batch_size=1000):
-    """Mean (loss, nll, kl) over all images in evaluation mode (no dropout), in batches."""
+    """Mean Metrics over all images in evaluation mode (no dropout) and fp32, in batches."""
     model.eval()
-    sums = torch.zeros(3, device=x.device)
-    for i in range(0, len(x), batch_size):
-        loss, nll, kl = model.loss(x_hat[i:i + batch_size], x[i:i + batch_size])
-        sums += torch.stack((loss, nll, kl)) * len(x[i:i + batch_size])
-    return sums / len(x)
+    sums = chunked_sum(lambda a, b: torch.stack(model.loss(a, b)) * len(b), x_hat, x, batch_size)
+    return Metrics(*(sums / len(x)).tolist())
+
+
+@torch.no_grad()
+def mean_abs_error(model, x_hat, x, batch_size=1000):
+    """Mean absolute pixel error against x of the inputs x_hat and of their reconstructions: (input, restored)."""
+    model.eval()
+    restored = chunked_sum(lambda a, b: (model.reconstruct(a) - b).abs().sum(), x_hat, x, batch_size)
+    return (x_hat - x).abs().mean().item(), restored.item() / x.numel()
 
 
 @torch.no_grad()
 def iw_log_likelihood(model, x_hat, x, k, max_rows=16384):
-    """Importance-weighted bound on log p(x) per image, log mean_k p(x, z_k) / q(z_k|x) (Burda et al. 2015)."""
+    """Importance-weighted bound on log p(x) per image, log mean_k p(x, z_k) / q(z_k|x) (Burda et al. 2015).
+
+    The K samples are drawn in chunks of at most max_rows decoder rows and folded into a running
+    log-sum-exp, so memory stays bounded whatever K is.
+    """
     model.eval()
     mu, sigma = model.encoder(x_hat)
     b, dim_z = mu.shape
     chunk = max(1, max_rows // b)
-    log_w = []
+    log_sum = torch.full((b,), -math.inf, device=x.device)
     for start in range(0, k, chunk):
         n = min(chunk, k - start)
         eps = torch.randn(n, b, dim_z, device=x.device)
         z = mu + sigma * eps
         logits = model.decoder(z.reshape(n * b, dim_z)).reshape(n, b, -1)
-        log_px_z = -neg_log_likelihood(logits, x.expand(n, -1, -1))
+        # the Bernoulli likelihood x.l - softplus(l), its x.l term one batched product (cheaper than BCE here)
+        log_px_z = torch.einsum("nbd,bd->nb", logits, x) - F.softplus(logits).sum(-1)
         log_pz = -0.5 * (z.square() + LOG_2PI).sum(-1)
         log_qz = -0.5 * (eps.square() + LOG_2PI).sum(-1) - sigma.log().sum(-1)
-        log_w.append(log_px_z + log_pz - log_qz)
-    return torch.logsumexp(torch.cat(log_w), 0) - math.log(k)
+        log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_px_z + log_pz - log_qz, 0))
+    return log_sum - math.log(k)
 
 
-def mean_log_likelihood(model, x_hat, x, k, batch_size=100):
-    """Mean importance-weighted log p(x) bound over a data set, in batches so memory stays bounded."""
-    total = sum(iw_log_likelihood(model, x_hat[i:i + batch_size], x[i:i + batch_size], k).sum().item()
-                for i in range(0, len(x), batch_size))
-    return total / len(x)
+def mean_log_likelihood(model, x_hat, x, k, batch_size=100, on_batch=None):
+    """Mean importance-weighted log p(x) bound over a data set, in batches; on_batch(n) after each."""
+    total = chunked_sum(lambda a, b: iw_log_likelihood(model, a, b, k).double().sum(), x_hat, x, batch_size, on_batch)
+    return total.item() / len(x)
+
+
+CHECKPOINT_FORMAT = "pytorch-mnist-vae checkpoint 1"
+CHECKPOINT_KEYS = ("format", "model_args", "model", "optimizer", "epoch", "best_loss", "history", "args", "rng")
+
+
+def save_checkpoint(file, model, optimizer, **run):
+    """Write the model, its arguments, the optimizer and the run's state (epoch, history, ...) to a file."""
+    torch.save({"format": CHECKPOINT_FORMAT, "model_args": model.model_args(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), **run}, file)
+
+
+def load_checkpoint(path):
+    """Read a checkpoint of this project (tensors and plain data only, never code); ValueError saying why not."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, garbage, or an unsafe pickle: all one message
+        raise ValueError(f"{path} is corrupt or not a PyTorch file ({type(e).__name__})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a checkpoint of this VAE")
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(f"{path} is an incomplete checkpoint (no {', '.join(missing)})")
+    model_args = checkpoint["model_args"]
+    if not (isinstance(model_args, dict) and set(model_args) <= {"dim_z", "n_hidden", "keep_prob"}
+            and all(isinstance(model_args.get(k), int) and model_args[k] >= 1 for k in ("dim_z", "n_hidden"))
+            and 0 < model_args.get("keep_prob", KEEP_PROB) <= 1):
+        raise ValueError(f"{path} has invalid model arguments {model_args!r}")
+    return checkpoint
+
+
+def from_checkpoint(checkpoint):
+    """The VAE a checkpoint describes, with its weights (training mode, on the CPU)."""
+    model = VAE(**checkpoint["model_args"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ValueError(f"the checkpoint's weights do not fit its model arguments {checkpoint['model_args']} "
+                         f"({str(e).splitlines()[0]})") from None
+    return model
+
+
+def load(path, device="cpu"):
+    """A trained VAE from a checkpoint.pt of run_main.py, in evaluation mode on device."""
+    return from_checkpoint(load_checkpoint(path)).to(device).eval()

@@ -5,11 +5,17 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import mnist_data  # noqa: E402
+
+# The tests' models are tiny: one thread is as fast, and it keeps a busy 2-core machine from stalling
+# two threads that wait on each other. Subprocesses get the same through the environment.
+torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 N_TRAIN = mnist_data.VALIDATION_SIZE + 256  # 5,000 validation images, then 256 to train on
 N_TEST = 200

@@ -74,3 +74,27 @@ def test_scatter_and_loss_curve_files(tmp_path):
         assert np.asarray(img.convert("HSV"))[..., 1].max() > 200
     with Image.open(tmp_path / "loss.png") as img:
         assert img.format == "PNG"
+
+
+def test_stretch_maps_the_grids_minimum_and_maximum_to_black_and_white():
+    noisy = np.zeros((4, 784))
+    noisy[0] = 2.0  # a pixel of the digit under salt: 1 + 1
+    noisy[1] = 1.0  # salt on the background
+    noisy[2] = 0.5
+    canvas = plot_utils.merge(noisy, 2, 2, stretch=True)
+    cells = [canvas[r * 28:(r + 1) * 28, c * 28:(c + 1) * 28] for r in range(2) for c in range(2)]
+    assert [int(cell.max()) for cell in cells] == [255, 128, 64, 0]  # 2 -> 255, 1 -> half, 0 -> 0
+    plain = plot_utils.merge(noisy, 2, 2)  # unstretched grids clip at 1
+    assert plain.max() == 255 and np.all(plain[:28, 28:] == 255)
+    flat = plot_utils.merge(np.full((4, 784), 0.3), 2, 2, stretch=True)  # a constant grid stays black
+    assert np.all(flat == 0)
+
+
+def test_grids_write_to_a_file_object(tmp_path):
+    import io
+    buffer = io.BytesIO()
+    plot_utils.save_grid(buffer, constant_images(4), 2, 2)
+    buffer.seek(0)
+    with Image.open(buffer) as img:
+        assert img.format == "JPEG" and img.size == (56, 56)
+    assert plot_utils.grid_bytes(10, 10, 2.0) == 4 * 100 * 56 * 56

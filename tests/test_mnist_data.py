@@ -77,21 +77,68 @@ def test_too_few_training_images_is_clear(tmp_path):
         mnist_data.load_mnist(data_dir, torch.device("cpu"))
 
 
-def test_salt_and_pepper_is_the_originals_masks_clamped():
+def test_salt_and_pepper_is_the_originals_unclamped_masks():
     n = 200_000
-    zeros, ones = torch.zeros(n), torch.ones(n)
     g = torch.Generator().manual_seed(0)
-    from_zero, from_one = mnist_data.salt_and_pepper(zeros, g), mnist_data.salt_and_pepper(ones, g)
-    # 0 * m1 + m2 = m2: white with probability 1/2; 1 * m1 + m2 clamped: white unless both masks are 0 (3/4)
+    from_zero, from_one = mnist_data.salt_and_pepper(torch.zeros(n), g), mnist_data.salt_and_pepper(torch.ones(n), g)
+    # x * m1 + m2 with m1, m2 independent Bernoulli(1/2): from 0 it is m2; from 1 it is 0, 1, 2 with 1/4, 1/2, 1/4
     assert set(from_zero.unique().tolist()) == {0.0, 1.0}
     assert abs(from_zero.mean().item() - 0.5) < 0.01
-    assert set(from_one.unique().tolist()) == {0.0, 1.0}
-    assert abs(from_one.mean().item() - 0.75) < 0.01
+    assert set(from_one.unique().tolist()) == {0.0, 1.0, 2.0}
+    for value, share in ((0.0, 0.25), (1.0, 0.5), (2.0, 0.25)):
+        assert abs((from_one == value).float().mean().item() - share) < 0.01
     grey = torch.full((n,), 0.5)
     noisy = mnist_data.salt_and_pepper(grey, g)
-    assert set(noisy.unique().tolist()) == {0.0, 0.5, 1.0}  # kept (m1=1, m2=0), dropped, or saturated
+    assert set(noisy.unique().tolist()) == {0.0, 0.5, 1.0, 1.5}  # dropped or kept, plus 0 or 1
     assert torch.equal(mnist_data.salt_and_pepper(grey, torch.Generator().manual_seed(5)),
                        mnist_data.salt_and_pepper(grey, torch.Generator().manual_seed(5)))
+
+
+def test_binarized_test_set_is_bernoulli_of_the_grey_levels_and_fixed(mnist_dir):
+    grey = mnist_data.load_mnist(mnist_dir, torch.device("cpu"))
+    torch.manual_seed(1)
+    binary = mnist_data.load_mnist(mnist_dir, torch.device("cpu"), binarize=True)
+    torch.manual_seed(2)  # the global seed (--seed) does not change the binary test images
+    again = mnist_data.load_mnist(mnist_dir, torch.device("cpu"), binarize=True)
+    assert torch.equal(binary.test_x, again.test_x) and torch.equal(binary.valid_x, again.valid_x)
+    assert set(binary.test_x.unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(binary.train_x, grey.train_x)  # training images stay grey, binarized per batch
+    assert torch.equal(binary.test_y, grey.test_y)
+    # pixels that are 0 or 1 stay so; the mean is preserved (5,000 x 784 validation pixels)
+    assert torch.all(binary.valid_x[grey.valid_x == 0] == 0) and torch.all(binary.valid_x[grey.valid_x == 1] == 1)
+    assert abs(binary.valid_x.mean().item() - grey.valid_x.mean().item()) < 0.002
+
+
+def test_bernoulli_preserves_the_mean():
+    grey = torch.rand(500, 784)
+    binary = mnist_data.bernoulli(grey, torch.Generator().manual_seed(0))
+    assert set(binary.unique().tolist()) == {0.0, 1.0}
+    assert abs(binary.mean().item() - grey.mean().item()) < 0.003
+    # each pixel is 1 with probability its grey level: high levels come out 1 far more often
+    assert binary[grey > 0.9].mean() > 0.85 and binary[grey < 0.1].mean() < 0.15
+
+
+def test_binarized_batches_are_drawn_afresh_each_epoch():
+    x = torch.full((256, 784), 0.5)
+    first = torch.cat([b for _, b in mnist_data.batches(x, 64, binarize=True)])
+    second = torch.cat([b for _, b in mnist_data.batches(x, 64, binarize=True)])
+    assert set(first.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(first, second)
+    assert abs(first.mean().item() - 0.5) < 0.01
+    for x_hat, target in mnist_data.batches(x, 64, add_noise=True, binarize=True):
+        assert set(target.unique().tolist()) == {0.0, 1.0}
+        assert set(x_hat.unique().tolist()) <= {0.0, 1.0, 2.0}  # the noise applies to the binary image
+        assert torch.all(x_hat[target == 1] >= 0) and torch.all(x_hat[target == 0] <= 1)
+
+
+def test_labels_outside_0_to_9_are_a_data_error(mnist_dir, tmp_path):
+    data_dir = copy_of(mnist_dir, tmp_path)
+    path = os.path.join(mnist_data.raw_folder(data_dir), "t10k-labels-idx1-ubyte")
+    with open(path, "r+b") as f:
+        f.seek(8 + 3)
+        f.write(bytes([12]))
+    with pytest.raises(mnist_data.MNISTError, match="t10k-labels-idx1-ubyte holds labels outside 0-9"):
+        mnist_data.load_mnist(data_dir, torch.device("cpu"))
 
 
 def test_batches_are_a_permutation_in_floor_n_over_b_slices():
@@ -109,4 +156,4 @@ def test_noisy_batches_keep_the_clean_target():
     for x_hat, target in mnist_data.batches(x, 64, add_noise=True):
         assert torch.equal(target, torch.full((64, 784), 0.5))
         assert not torch.equal(x_hat, target)
-        assert x_hat.min() >= 0 and x_hat.max() <= 1
+        assert set(x_hat.unique().tolist()) <= {0.0, 0.5, 1.0, 1.5}

@@ -1,12 +1,16 @@
-"""vae.py: layers, initialisation, -ELBO terms, dropout, training, and the importance-weighted bound."""
+"""vae.py: layers, initialisation, -ELBO terms, dropout, training, bf16, the importance-weighted bound,
+checkpoints and the Python API."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from torch import nn
 
 import vae
-from conftest import synthetic_digits
+from conftest import ROOT, synthetic_digits
 
 
 def images(n, seed=0):
@@ -39,7 +43,7 @@ def test_dropout_keeps_nine_in_ten_scaled_by_one_over_keep_prob():
     assert torch.equal(h.grad, (out != 0) / 0.9)  # the gradient flows through kept units only
     drop.eval()
     assert drop(h) is h
-    assert vae.KEEP_BELOW + 2**31 == int(0.9 * 2**32)
+    assert drop.keep_below + 2**31 == int(0.9 * 2**32)
 
 
 def test_shapes_and_positive_sigma():
@@ -53,6 +57,8 @@ def test_shapes_and_positive_sigma():
     assert logits.shape == (7, 784)
     loss, nll, kl = model.loss(x, x)
     assert loss.shape == () and loss.item() == pytest.approx(nll.item() + kl.item(), rel=1e-6)
+    mu_api, sigma_api = model.eval().encode(x.reshape(7, 1, 28, 28))
+    assert torch.equal(mu_api, model.encoder(x)[0]) and torch.equal(sigma_api, model.encoder(x)[1])
     assert model.decode(torch.zeros(4, 5)).shape == (4, 784)
 
 
@@ -106,13 +112,24 @@ def test_dropout_only_in_training():
     assert torch.equal(model.decoder(torch.ones(3, 4)), model.decoder(torch.ones(3, 4)))
 
 
+def test_keep_prob_one_means_a_deterministic_training_pass_given_z():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=4, n_hidden=64, keep_prob=1.0).train()
+    x, z = images(16), torch.randn(16, 4)
+    assert torch.equal(model.encoder(x)[0], model.encoder(x)[0])
+    assert torch.equal(model.decoder(z), model.decoder(z))
+    half = vae.VAE(dim_z=4, n_hidden=64, keep_prob=0.5).train()
+    kept = (half.encoder.net[2](torch.ones(1000, 100)) != 0).float().mean().item()
+    assert abs(kept - 0.5) < 0.01
+
+
 def test_loss_falls_on_a_fixed_batch():
     torch.manual_seed(0)
     model = vae.VAE(dim_z=2, n_hidden=64)
     optimizer = vae.adam(model, 1e-3)
     x = images(64)
-    first = vae.train_epoch(model, optimizer, [(x, x)])[0].item()
-    last = vae.train_epoch(model, optimizer, [(x, x)] * 50)[0].item()
+    first = vae.train_epoch(model, optimizer, [(x, x)]).loss
+    last = vae.train_epoch(model, optimizer, [(x, x)] * 50).loss
     assert last < first - 50, (first, last)
 
 
@@ -123,8 +140,9 @@ def test_train_epoch_averages_and_stops_when_asked():
     x = images(8)
     steps = []
     mean = vae.train_epoch(model, optimizer, [(x, x)] * 3, on_step=steps.append)
-    assert len(steps) == 3
-    assert torch.allclose(mean, torch.stack(steps).mean(0))
+    assert len(steps) == 3 and isinstance(mean, vae.Metrics)
+    assert mean.loss == pytest.approx(torch.stack(steps).mean().item(), rel=1e-6)
+    assert mean.loss == pytest.approx(mean.likelihood + mean.divergence, rel=1e-5)
     calls = []
     assert vae.train_epoch(model, optimizer, [(x, x)] * 3, should_stop=lambda: calls.append(1) or len(calls) > 2) is None
     assert len(calls) == 3  # asked before each batch; stopped before the third
@@ -147,7 +165,7 @@ def test_iw_k1_matches_the_elbo_in_expectation(trained):
     torch.manual_seed(1)
     repeats = 50
     iw = torch.stack([vae.iw_log_likelihood(model, x, x, 1) for _ in range(repeats)])  # (repeats, images)
-    elbo = torch.stack([-vae.evaluate(model, x, x)[0] for _ in range(repeats)])
+    elbo = torch.tensor([-vae.evaluate(model, x, x).loss for _ in range(repeats)])
     standard_error = iw.mean(1).std().item() / math.sqrt(repeats)
     assert abs(iw.mean().item() - elbo.mean().item()) < 4 * standard_error + 0.05
 
@@ -155,7 +173,7 @@ def test_iw_k1_matches_the_elbo_in_expectation(trained):
 def test_iw_bound_is_above_the_elbo_and_tightens_with_k(trained):
     model, x = trained
     torch.manual_seed(2)
-    elbo = -vae.evaluate(model, x, x)[0].item()
+    elbo = -vae.evaluate(model, x, x).loss
     bounds = [vae.mean_log_likelihood(model, x, x, k) for k in (1, 10, 100)]
     assert bounds[0] < bounds[1] < bounds[2]
     assert bounds[2] > elbo + 0.5
@@ -181,3 +199,106 @@ def test_mean_abs_error_of_noisy_and_restored_inputs(trained):
     assert got_noisy == pytest.approx((noisy - x).abs().mean().item())
     assert got_restored == pytest.approx(expected, rel=1e-5)
     assert got_restored < got_noisy  # a trained model pulls the shifted images back towards the data
+
+
+def test_iw_memory_stays_bounded_whatever_k():
+    """K = 100,000 samples of 100 images: every chunk's weights kept and joined would take 80 MB; a running
+    log-sum-exp holds one chunk (1,000 samples here). Measured in a fresh process, whose peak memory is this call's."""
+    code = (
+        "import resource, torch, vae\n"
+        "torch.manual_seed(0)\n"
+        "model = vae.VAE(dim_z=1, n_hidden=1, dim_img=1).eval()\n"
+        "x = torch.ones(100, 1)\n"
+        "vae.iw_log_likelihood(model, x, x, 10_000, max_rows=100_000)\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "vae.iw_log_likelihood(model, x, x, 100_000, max_rows=100_000)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) < 40_000, done.stdout  # kB: under 40 MB more than at K = 10,000
+
+
+def test_bf16_training_follows_fp32():
+    """Same seed, same 30 steps on a fixed batch: bf16 products lower the loss as fp32 does, within 1 nat."""
+    x = images(128)
+    losses = {}
+    for precision in vae.PRECISIONS:
+        torch.manual_seed(0)
+        model = vae.VAE(dim_z=8, n_hidden=128)
+        optimizer = vae.adam(model, 1e-3)
+        first = vae.train_epoch(model, optimizer, [(x, x)], precision).loss
+        last = vae.train_epoch(model, optimizer, [(x, x)] * 30, precision).loss
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
+        losses[precision] = (first, last, vae.evaluate(model, x, x).loss)
+    (f32_first, f32_last, f32_test), (b16_first, b16_last, b16_test) = losses["fp32"], losses["bf16"]
+    assert b16_last < b16_first - 50 and f32_last < f32_first - 50
+    assert abs(b16_last - f32_last) < 1.0 and abs(b16_test - f32_test) < 1.0, losses
+
+
+def test_bf16_runs_the_products_in_bfloat16_and_returns_fp32():
+    model = vae.VAE(dim_z=3, n_hidden=32)
+    seen = []
+    model.decoder.net[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    x = images(4)
+    with vae.autocast(torch.device("cpu"), "bf16"):
+        loss, nll, kl = model.loss(x, x)
+        logits, mu, sigma = model(x)
+    assert seen == [torch.bfloat16, torch.bfloat16]
+    assert {t.dtype for t in (loss, nll, kl, logits, mu, sigma)} == {torch.float32}
+    with vae.autocast(torch.device("cpu"), "fp32"):
+        model(x)
+    assert seen[-1] == torch.float32
+
+
+def checkpoint_file(tmp_path, model):
+    path = tmp_path / "checkpoint.pt"
+    vae.save_checkpoint(path, model, vae.adam(model, 1e-3), epoch=1, best_loss=1.0, history=[], args={}, rng={})
+    return path
+
+
+def test_load_rebuilds_the_model_in_eval_mode(tmp_path):
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=3, n_hidden=24, keep_prob=0.8)
+    loaded = vae.load(checkpoint_file(tmp_path, model))
+    assert not loaded.training and (loaded.dim_z, loaded.n_hidden, loaded.keep_prob) == (3, 24, 0.8)
+    z = torch.randn(5, 3)
+    assert torch.equal(loaded.decode(z), model.eval().decode(z))
+
+
+def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
+    torch.save({"format": vae.CHECKPOINT_FORMAT}, tmp_path / "format_only.pt")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    (tmp_path / "garbage.pt").write_bytes(os.urandom(500))
+    cases = {"format_only.pt": "incomplete checkpoint (no model_args, model, optimizer",
+             "pickled.pt": "corrupt or not a PyTorch file", "foreign.pt": "not a checkpoint of this VAE",
+             "garbage.pt": "corrupt", "missing.pt": "no such file"}
+    for name, needle in cases.items():
+        with pytest.raises(ValueError, match=re_escape(needle)):
+            vae.load(tmp_path / name)
+    state = torch.load(checkpoint_file(tmp_path, vae.VAE(2, 8)), weights_only=True)
+    state["model_args"]["n_hidden"] = 9
+    torch.save(state, tmp_path / "mismatch.pt")
+    with pytest.raises(ValueError, match="do not fit"):
+        vae.load(tmp_path / "mismatch.pt")
+
+
+def re_escape(text):
+    import re
+    return re.escape(text)
+
+
+def test_api_shapes_and_sampling():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=2, n_hidden=16).eval()
+    x = images(6)
+    for shaped in (x, x.reshape(6, 28, 28), x.reshape(6, 1, 28, 28)):
+        mu, sigma = model.encode(shaped)
+        assert mu.shape == sigma.shape == (6, 2)
+        assert model.reconstruct(shaped).shape == (6, 784)
+    for bad in (x.reshape(6, 2, 392), x[0], x.long(), x.numpy()):
+        with pytest.raises(ValueError, match="expected"):
+            model.encode(bad)
+    a = model.sample(4, generator=torch.Generator().manual_seed(3))
+    b = model.sample(4, generator=torch.Generator().manual_seed(3))
+    assert a.shape == (4, 784) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
