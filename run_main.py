@@ -342,10 +342,7 @@ def results_folder(args):
 def load_data(args, device):
     """MNIST on device and the test inputs the model sees (noisy once, from a generator of --seed, with
     --add_noise); checks that the pictures have their test images."""
-    try:
-        data = mnist_data.load_mnist(args.data_dir, device, args.binarize)
-    except mnist_data.MNISTError as e:
-        raise RunError(str(e)) from None
+    data = mnist_data.load_mnist(args.data_dir, device, args.binarize)
     if mnist_data.num_batches(len(data.train_x), args.batch_size) == 0:
         raise RunError(f"--batch_size {args.batch_size} is larger than the {len(data.train_x)} training images", 2)
     n_prr = args.PRR_n_img_x * args.PRR_n_img_y if args.PRR else 0
@@ -558,18 +555,25 @@ def main(argv=None, script="run_main.py"):
             if checkpoint is not None and checkpoint["epoch"] == args.num_epochs:
                 pictures.save(run.model, run.epoch - 1)  # nothing was left to train: draw the resumed model
             final_evaluation(args, run, data, x_test_hat, signals)
-    except RunError as e:
-        print(f"run_main.py: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(e.status)
+    except RunError as e:  # interrupted, non-finite loss, a failed write, a busy folder, a bad batch size
+        fail(str(e), e.status)
+    except mnist_data.MNISTError as e:  # missing or damaged data
+        fail(str(e), 1)
     except MemoryError:
-        print("run_main.py: error: out of memory (try a smaller --n_hidden, --batch_size or picture)",
-              file=sys.stderr, flush=True)
-        sys.exit(1)
+        fail("out of memory (try a smaller --n_hidden, --batch_size or picture)", 1)
+
+
+def fail(message, status):
+    """Stop with a one-line error and the exit status."""
+    print(f"run_main.py: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
     try:
         main(script=sys.argv[0])
     except KeyboardInterrupt:  # a Ctrl-C before training's handler is in place
-        print("run_main.py: error: interrupted", file=sys.stderr, flush=True)
-        sys.exit(130)
+        fail("interrupted", 130)
+    except BrokenPipeError:  # the reader of our output went away (| head): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)

@@ -273,6 +273,11 @@ def load_checkpoint(path):
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if missing:
         raise ValueError(f"{path} is an incomplete checkpoint (no {', '.join(missing)})")
+    kinds = {"model_args": dict, "model": dict, "optimizer": dict, "epoch": int, "best_loss": (int, float),
+             "history": list, "args": dict, "rng": dict}
+    wrong = [key for key, kind in kinds.items() if not isinstance(checkpoint[key], kind)]
+    if wrong or checkpoint["epoch"] < 0 or not isinstance(checkpoint["rng"].get("cpu"), torch.Tensor):
+        raise ValueError(f"{path} is a damaged checkpoint (bad {', '.join(wrong) or 'epoch or rng'})")
     model_args = checkpoint["model_args"]
     if not (isinstance(model_args, dict) and set(model_args) <= {"dim_z", "n_hidden", "keep_prob"}
             and all(isinstance(model_args.get(k), int) and model_args[k] >= 1 for k in ("dim_z", "n_hidden"))

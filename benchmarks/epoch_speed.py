@@ -1,10 +1,11 @@
-"""Seconds per training epoch: this project's loop against the common PyTorch way, and the GEMM floor.
+"""Seconds per training epoch: this project's loop in fp32 and bf16 against the common PyTorch way, and
+the GEMM floors.
 
 The common way is how most ports are written: torchvision's MNIST with ToTensor through a DataLoader,
-a sigmoid decoder with the clipped log-likelihood, and the default (foreach) Adam. Both train the same
-architecture with the same initialisation and hyper-parameters, alternating epoch by epoch in one
-process. The floor is the time of the epoch's matrix products alone (forward and backward), measured
-here too. Prints figures; it is not a test.
+a sigmoid decoder with the clipped log-likelihood, and the default (foreach) Adam. All three ways train
+the same architecture from the same initialisation and hyper-parameters, alternating epoch by epoch in
+one process. The floors are the time of the epoch's matrix products alone (forward and backward), in
+fp32 and in bf16, measured here too. Prints figures; it is not a test.
 
     python benchmarks/epoch_speed.py --data_dir ../shared/mnist
 """
@@ -32,6 +33,7 @@ import mnist_data  # noqa: E402
 import vae  # noqa: E402
 
 N_TRAIN, N_TEST = 55000, 10000
+WAYS = {"ours": "fp32", "ours bf16": "bf16", "common": None}  # name: this project's --precision
 
 
 class CommonVAE(nn.Module):
@@ -89,17 +91,19 @@ def common_epoch(model, optimizer, loader, device):
         optimizer.step()
 
 
-def gemm_floor(dim_z, n_hidden, batch_size, steps, device, repeats=3):
+def gemm_floor(dim_z, n_hidden, batch_size, steps, device, dtype=torch.float32, repeats=3):
     """Seconds for one epoch's matrix products only: every layer's forward, weight-gradient and input-gradient GEMM."""
     layers = [(784, n_hidden), (n_hidden, n_hidden), (n_hidden, 2 * dim_z),
               (dim_z, n_hidden), (n_hidden, n_hidden), (n_hidden, 784)]
     products = []
     for i, (n_in, n_out) in enumerate(layers):
-        x, w, dy = (torch.randn(*s, device=device) for s in ((batch_size, n_in), (n_out, n_in), (batch_size, n_out)))
-        products.append((x, w.t(), torch.empty(batch_size, n_out, device=device)))        # y = x W^T
-        products.append((dy.t(), x, torch.empty(n_out, n_in, device=device)))             # dW = dy^T x
-        if i != 0:                                                                        # no dx for the images
-            products.append((dy, w, torch.empty(batch_size, n_in, device=device)))        # dx = dy W
+        x, w, dy = (torch.randn(*s, device=device, dtype=dtype)
+                     for s in ((batch_size, n_in), (n_out, n_in), (batch_size, n_out)))
+        empty = lambda *shape: torch.empty(*shape, device=device, dtype=dtype)  # noqa: E731
+        products.append((x, w.t(), empty(batch_size, n_out)))        # y = x W^T
+        products.append((dy.t(), x, empty(n_out, n_in)))             # dW = dy^T x
+        if i != 0:                                                   # no dx for the images
+            products.append((dy, w, empty(batch_size, n_in)))        # dx = dy W
     best = float("inf")
     for _ in range(repeats):
         sync(device)
@@ -152,31 +156,38 @@ def main():
         train_x, test_x = train_x.to(device), test_x.to(device)
     steps = mnist_data.num_batches(len(train_x), args.batch_size)
 
-    torch.manual_seed(0)
-    ours = vae.VAE(args.dim_z, args.n_hidden).to(device)
-    ours_opt = vae.adam(ours, 1e-3)
-    torch.manual_seed(0)
-    common = CommonVAE(args.dim_z, args.n_hidden).to(device)
-    common_opt = torch.optim.Adam(common.parameters(), lr=1e-3)
+    models = {}
+    for name in WAYS:
+        torch.manual_seed(0)  # the same initial weights, and the same random stream, for each way
+        model = (CommonVAE if name == "common" else vae.VAE)(args.dim_z, args.n_hidden).to(device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3) if name == "common" else vae.adam(model, 1e-3)
+        models[name] = (model, optimizer, torch.get_rng_state())
 
-    times = {"ours": [], "common": []}
+    times = {name: [] for name in WAYS}
     for epoch in range(args.epochs):
-        for name in ("ours", "common"):
+        for name in WAYS:
+            model, optimizer, state = models[name]
+            torch.set_rng_state(state)  # each way continues its own random stream
             sync(device)
             t0 = time.perf_counter()
-            if name == "ours":
-                vae.train_epoch(ours, ours_opt, mnist_data.batches(train_x, args.batch_size))
+            if name == "common":
+                common_epoch(model, optimizer, loader, device)
             else:
-                common_epoch(common, common_opt, loader, device)
+                vae.train_epoch(model, optimizer, mnist_data.batches(train_x, args.batch_size), WAYS[name])
             sync(device)
             times[name].append(time.perf_counter() - t0)
-        print(f"epoch {epoch}: ours {times['ours'][-1]:.2f} s, common {times['common'][-1]:.2f} s", flush=True)
-    test = {name: vae.evaluate(model, test_x, test_x)[0].item() for name, model in (("ours", ours), ("common", common))}
-    floor = gemm_floor(args.dim_z, args.n_hidden, args.batch_size, steps, device)
+            models[name] = (model, optimizer, torch.get_rng_state())
+        print(f"epoch {epoch}: " + ", ".join(f"{name} {times[name][-1]:.2f} s" for name in WAYS), flush=True)
+    torch.manual_seed(0)
+    test = {name: vae.evaluate(model, test_x, test_x).loss for name, (model, _, _) in models.items()}
+    floor = {dtype: gemm_floor(args.dim_z, args.n_hidden, args.batch_size, steps, device, dtype)
+             for dtype in (torch.float32, torch.bfloat16)}
     bench_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     run_rss = peak_rss_of_full_run(args.data_dir, device, args.memory_epochs) if args.data_dir else float("nan")
 
-    ours_s, common_s = statistics.median(times["ours"]), statistics.median(times["common"])
+    median = {name: statistics.median(t) for name, t in times.items()}
+    ours_s, bf16_s, common_s = median["ours"], median["ours bf16"], median["common"]
+    f32_floor, bf16_floor = floor[torch.float32], floor[torch.bfloat16]
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
@@ -186,15 +197,20 @@ def main():
     print(f"model: dim_z {args.dim_z}, n_hidden {args.n_hidden}, batch {args.batch_size}, {steps} steps/epoch, "
           f"median of {args.epochs} epochs each")
     print()
+    images = steps * args.batch_size
     print("| way | s/epoch | images/s | test -ELBO after %d epochs |" % args.epochs)
     print("|---|---|---|---|")
-    print(f"| this project | {ours_s:.2f} | {steps * args.batch_size / ours_s:,.0f} | {test['ours']:.2f} |")
+    print(f"| this project, fp32 | {ours_s:.2f} | {images / ours_s:,.0f} | {test['ours']:.2f} |")
+    print(f"| this project, --precision bf16 | {bf16_s:.2f} | {images / bf16_s:,.0f} | {test['ours bf16']:.2f} |")
     print(f"| common way (DataLoader + ToTensor, foreach Adam) | {common_s:.2f} | "
-          f"{steps * args.batch_size / common_s:,.0f} | {test['common']:.2f} |")
-    print(f"| matrix products alone (floor) | {floor:.2f} | {steps * args.batch_size / floor:,.0f} | |")
+          f"{images / common_s:,.0f} | {test['common']:.2f} |")
+    print(f"| fp32 matrix products alone (floor) | {f32_floor:.2f} | {images / f32_floor:,.0f} | |")
+    print(f"| bf16 matrix products alone (floor) | {bf16_floor:.2f} | {images / bf16_floor:,.0f} | |")
     print()
-    print(f"ours / common: {ours_s / common_s:.2f}   ours / floor: {ours_s / floor:.2f}   "
+    print(f"ours / common: {ours_s / common_s:.2f}   ours / floor: {ours_s / f32_floor:.2f}   "
           f"test -ELBO ours - common: {test['ours'] - test['common']:+.2f} nats")
+    print(f"bf16 / fp32: {bf16_s / ours_s:.2f}   bf16 / common: {bf16_s / common_s:.2f}   "
+          f"bf16 / bf16 floor: {bf16_s / bf16_floor:.2f}   test -ELBO bf16 - fp32: {test['ours bf16'] - test['ours']:+.2f} nats")
     print(f"peak RSS: this benchmark {bench_rss:.0f} MB; run_main.py --dim_z 20 ({args.memory_epochs} epochs, "
           f"with evaluation and plots) {run_rss:.0f} MB")
 

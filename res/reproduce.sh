@@ -11,26 +11,23 @@ py=${PYTHON:-python}
 cd "$(dirname "$0")/.."
 mkdir -p "$runs"
 
-run() {  # run NAME ARGS...: one run_main.py command, its output logged and its wall time kept
-    local name=$1 start
-    shift
-    echo "== python run_main.py $*"
-    start=$(date +%s)
-    "$py" run_main.py "$@" --data_dir "$data" --results_path "$runs/$name" | tee "$runs/$name.log"
-    echo $(($(date +%s) - start)) > "$runs/$name.seconds"
-}
+source res/run_helper.sh
+rm -f "$runs"/*.seconds "$runs"/*.log  # this invocation's logs and times only
 
 run dim_z_2_pmlr --dim_z 2 --num_epochs 60 --PMLR True
-run dim_z_2 --dim_z 2 --num_epochs 60 --iw_samples 1000
-run dim_z_5 --dim_z 5 --num_epochs 60 --iw_samples 1000
-run dim_z_10 --dim_z 10 --num_epochs 60 --iw_samples 1000
-run dim_z_20 --dim_z 20 --num_epochs 60 --iw_samples 1000
+run dim_z_2 --dim_z 2 --num_epochs 60 --iw_samples 1000 --PRS True
+run dim_z_5 --dim_z 5 --num_epochs 60 --iw_samples 1000 --PRS True
+run dim_z_10 --dim_z 10 --num_epochs 60 --iw_samples 1000 --PRS True
+run dim_z_20 --dim_z 20 --num_epochs 60 --iw_samples 1000 --PRS True
 run denoising --dim_z 20 --add_noise True --num_epochs 40
 # the paper's Figure 4 grid from the same trained 2-D model: no training, only the pictures
 run dim_z_2_gaussian --resume "$runs/dim_z_2_pmlr/checkpoint.pt" --num_epochs 60 --PMLR True --PMLR_grid gaussian
 
 cp "$runs/dim_z_20/input.jpg" res/input.jpg
-for n in 2 5 10 20; do cp "$runs/dim_z_$n/PRR_epoch_59.jpg" "res/dim_${n}_sample.jpg"; done
+for n in 2 5 10 20; do
+    cp "$runs/dim_z_$n/PRR_epoch_59.jpg" "res/dim_${n}_sample.jpg"
+    cp "$runs/dim_z_$n/PRS_epoch_59.jpg" "res/dim_${n}_random.jpg"
+done
 cp "$runs/denoising/input_noise.jpg" res/input_noise.jpg
 cp "$runs/denoising/PRR_epoch_39.jpg" res/denoising.jpg
 cp "$runs/dim_z_2_pmlr/PMLR_epoch_59.jpg" res/dim_2_mf.jpg
@@ -53,6 +50,7 @@ for n in (2, 5, 10, 20):
     print(f"| {n} | {int(last['epoch']) + 1} | {float(last['train_loss']):.2f} | {float(last['test_loss']):.2f} "
           f"| {ll:.2f} | {minutes:.1f} |")
 noise = json.load(open(os.path.join(runs, "denoising", "evaluation.json")))
+kl = [float(row["test_divergence"]) for row in csv.DictReader(open(os.path.join(runs, "denoising", "metrics.csv")))]
 print(f"\ndenoising, mean absolute error to the clean test images: noisy input {noise['mae_noisy']:.4f}, "
-      f"restored {noise['mae_restored']:.4f}")
+      f"restored {noise['mae_restored']:.4f}; test KL at epochs 1-3: {kl[1]:.2f}, {kl[2]:.2f}, {kl[3]:.2f}")
 EOF

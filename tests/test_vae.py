@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import vae
-from conftest import ROOT, synthetic_digits
+from conftest import N_TEST, ROOT, synthetic_digits, write_mnist
 
 
 def images(n, seed=0):
@@ -252,7 +252,8 @@ def test_bf16_runs_the_products_in_bfloat16_and_returns_fp32():
 
 def checkpoint_file(tmp_path, model):
     path = tmp_path / "checkpoint.pt"
-    vae.save_checkpoint(path, model, vae.adam(model, 1e-3), epoch=1, best_loss=1.0, history=[], args={}, rng={})
+    vae.save_checkpoint(path, model, vae.adam(model, 1e-3), epoch=1, best_loss=1.0, history=[], args={},
+                        rng={"cpu": torch.get_rng_state()})
     return path
 
 
@@ -277,6 +278,9 @@ def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
         with pytest.raises(ValueError, match=re_escape(needle)):
             vae.load(tmp_path / name)
     state = torch.load(checkpoint_file(tmp_path, vae.VAE(2, 8)), weights_only=True)
+    torch.save({**state, "epoch": "2", "rng": {}}, tmp_path / "damaged.pt")
+    with pytest.raises(ValueError, match="damaged checkpoint \\(bad epoch\\)"):
+        vae.load_checkpoint(tmp_path / "damaged.pt")
     state["model_args"]["n_hidden"] = 9
     torch.save(state, tmp_path / "mismatch.pt")
     with pytest.raises(ValueError, match="do not fit"):
@@ -302,3 +306,21 @@ def test_api_shapes_and_sampling():
     a = model.sample(4, generator=torch.Generator().manual_seed(3))
     b = model.sample(4, generator=torch.Generator().manual_seed(3))
     assert a.shape == (4, 784) and torch.equal(a, b) and 0 <= a.min() and a.max() <= 1
+
+
+def readme_snippet():
+    """The Python block of the README's "Use a trained model" section."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        section = f.read().split("## Use a trained model", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
+    write_mnist(tmp_path / "data")
+    (tmp_path / "results").mkdir()
+    torch.manual_seed(0)
+    checkpoint_file(tmp_path / "results", vae.VAE(dim_z=3, n_hidden=16))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(readme_snippet(), "README.md", "exec"), {})
+    shapes = capsys.readouterr().out.strip()
+    assert shapes == f"torch.Size([16, 784]) torch.Size([{N_TEST}, 3]) torch.Size([8, 784])"
