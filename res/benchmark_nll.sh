@@ -4,15 +4,7 @@
 # DATA_DIR holds MNIST/raw (here: ../shared/mnist). Each run keeps its full output under RUNS_DIR
 # (default results/nll). Test log p(x) is the importance-weighted bound with K = 5000 on the fixed
 # binarization of the 10,000 test images. About 75 minutes on a 2-core CPU.
-set -euo pipefail
-data=${1:?usage: bash res/benchmark_nll.sh DATA_DIR [RUNS_DIR]  (DATA_DIR holds MNIST/raw)}
-runs=${2:-results/nll}
-py=${PYTHON:-python}
-cd "$(dirname "$0")/.."
-mkdir -p "$runs"
-
-source res/run_helper.sh
-rm -f "$runs"/*.seconds "$runs"/*.log  # this invocation's logs and times only
+source "$(dirname "$0")/run_helper.sh" results/nll "$@"
 
 # the original's architecture as is: 500-500 units, dim_z 20, dropout keep 0.9, Adam 1e-3
 run original --binarize True --num_epochs 100 --iw_samples 5000

@@ -4,15 +4,7 @@
 # DATA_DIR holds MNIST/raw (here: ../shared/mnist). Each run keeps its full output (metrics.csv,
 # checkpoint.pt, all epochs' images, a log) under RUNS_DIR (default results/reproduce); only the
 # images named in the README are copied into res/. About 30 minutes on a 2-core CPU.
-set -euo pipefail
-data=${1:?usage: bash res/reproduce.sh DATA_DIR [RUNS_DIR]  (DATA_DIR holds MNIST/raw)}
-runs=${2:-results/reproduce}
-py=${PYTHON:-python}
-cd "$(dirname "$0")/.."
-mkdir -p "$runs"
-
-source res/run_helper.sh
-rm -f "$runs"/*.seconds "$runs"/*.log  # this invocation's logs and times only
+source "$(dirname "$0")/run_helper.sh" results/reproduce "$@"
 
 run dim_z_2_pmlr --dim_z 2 --num_epochs 60 --PMLR True
 run dim_z_2 --dim_z 2 --num_epochs 60 --iw_samples 1000 --PRS True

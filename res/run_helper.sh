@@ -1,4 +1,15 @@
-# Sourced by res/reproduce.sh and res/benchmark_nll.sh (which set $py, $data and $runs):
+# Sourced first by res/reproduce.sh and res/benchmark_nll.sh:
+#   source "$(dirname "$0")/run_helper.sh" DEFAULT_RUNS_DIR "$@"
+# Sets data (the script's DATA_DIR), runs (its RUNS_DIR, else DEFAULT_RUNS_DIR) and py; moves to the
+# repository root; clears the logs and times an earlier invocation left in the runs folder; defines run.
+set -euo pipefail
+data=${2:?usage: bash $0 DATA_DIR [RUNS_DIR]  (DATA_DIR holds MNIST/raw)}
+runs=${3:-$1}
+py=${PYTHON:-python}
+cd "$(dirname "$0")/.."
+mkdir -p "$runs"
+rm -f "$runs"/*.seconds "$runs"/*.log
+
 #   run NAME ARGS...   one run_main.py command into $runs/NAME, its output appended to $runs/NAME.log and
 #                      its wall seconds added to $runs/NAME.seconds (a run resumed in stages sums them).
 run() {
