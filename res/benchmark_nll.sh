@@ -3,7 +3,7 @@
 #   bash res/benchmark_nll.sh DATA_DIR [RUNS_DIR]
 # DATA_DIR holds MNIST/raw (here: ../shared/mnist). Each run keeps its full output under RUNS_DIR
 # (default results/nll). Test log p(x) is the importance-weighted bound with K = 5000 on the fixed
-# binarization of the 10,000 test images. About 75 minutes on a 2-core CPU.
+# binarization of the 10,000 test images. About 55 minutes on a 2-core CPU.
 source "$(dirname "$0")/run_helper.sh" results/nll "$@"
 
 # the original's architecture as is: 500-500 units, dim_z 20, dropout keep 0.9, Adam 1e-3

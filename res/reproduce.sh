@@ -3,7 +3,7 @@
 #   bash res/reproduce.sh DATA_DIR [RUNS_DIR]
 # DATA_DIR holds MNIST/raw (here: ../shared/mnist). Each run keeps its full output (metrics.csv,
 # checkpoint.pt, all epochs' images, a log) under RUNS_DIR (default results/reproduce); only the
-# images named in the README are copied into res/. About 30 minutes on a 2-core CPU.
+# images named in the README are copied into res/. About 26 minutes on a 2-core CPU.
 source "$(dirname "$0")/run_helper.sh" results/reproduce "$@"
 
 run dim_z_2_pmlr --dim_z 2 --num_epochs 60 --PMLR True
