@@ -295,10 +295,10 @@ def earlier_outputs(folder):
 
 
 def move_earlier_run(folder):
-    """Move an earlier run's outputs into folder/previous_run_N (N the next free number); returns it or None."""
+    """Move an earlier run's outputs into folder/previous_run_N (N the next free number), saying so."""
     names = earlier_outputs(folder)
     if not names:
-        return None
+        return
     n = 1
     while os.path.exists(os.path.join(folder, f"previous_run_{n}")):
         n += 1
@@ -307,7 +307,6 @@ def move_earlier_run(folder):
     for name in names:
         os.replace(os.path.join(folder, name), os.path.join(target, name))
     print(f"moved the earlier run's {len(names)} files in {folder} to {target}", flush=True)
-    return target
 
 
 @contextlib.contextmanager

@@ -285,7 +285,8 @@ def test_resume_continues_as_if_never_stopped(first_run, mnist_dir, tmp_path):
     assert saved_epoch(tmp_path / "resumed") == 3
 
 
-def test_resume_refuses_other_data_or_model_and_prints_changed_rates(first_run, capsys, mnist_dir, tmp_path):
+def test_resume_refuses_other_data_or_model_and_prints_changed_rates(first_run, capsys, mnist_dir, tmp_path,
+                                                                    monkeypatch):
     results, _ = first_run
     good = os.path.join(results, "checkpoint.pt")
     for flag, value in (("--add_noise", "False"), ("--binarize", "True"), ("--keep_prob", "1.0"),
@@ -296,6 +297,8 @@ def test_resume_refuses_other_data_or_model_and_prints_changed_rates(first_run, 
     assert (args.add_noise, args.binarize, args.keep_prob, args.dim_z) == (True, False, 0.9, 2)
     copy = tmp_path / "results"
     shutil.copytree(results, copy)
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # where a default ./results would appear
     done = run("--learn_rate", "5e-4", "--batch_size", "32", "--precision", "bf16", "--num_epochs", "3",
                "--PMLR_n_samples", "100", "--data_dir", mnist_dir, "--resume", copy / "checkpoint.pt")
     assert done.status == 0, done.stderr
@@ -303,7 +306,7 @@ def test_resume_refuses_other_data_or_model_and_prints_changed_rates(first_run, 
     assert "--batch_size is now 32 (the checkpoint's run used 64)" in done.stdout
     assert "--precision is now bf16 (the checkpoint's run used fp32)" in done.stdout
     assert saved_epoch(copy) == 3  # no --results_path: the checkpoint's own folder
-    assert not os.path.exists("results/checkpoint.pt") or saved_epoch("results") != 3
+    assert os.listdir(tmp_path / "cwd") == []  # and no ./results
 
 
 def test_resume_with_finished_epochs_only_plots_and_evaluates(first_run, mnist_dir, tmp_path):

@@ -2,6 +2,7 @@
 checkpoints and the Python API."""
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -274,7 +275,7 @@ def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
              "pickled.pt": "corrupt or not a PyTorch file", "foreign.pt": "not a checkpoint of this VAE",
              "garbage.pt": "corrupt", "missing.pt": "no such file"}
     for name, needle in cases.items():
-        with pytest.raises(ValueError, match=re_escape(needle)):
+        with pytest.raises(ValueError, match=re.escape(needle)):
             vae.load(tmp_path / name)
     state = torch.load(checkpoint_file(tmp_path, vae.VAE(2, 8)), weights_only=True)
     torch.save({**state, "epoch": "2", "rng": {}}, tmp_path / "damaged.pt")
@@ -284,11 +285,6 @@ def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
     torch.save(state, tmp_path / "mismatch.pt")
     with pytest.raises(ValueError, match="do not fit"):
         vae.load(tmp_path / "mismatch.pt")
-
-
-def re_escape(text):
-    import re
-    return re.escape(text)
 
 
 def test_api_shapes_and_sampling():
