@@ -33,9 +33,11 @@ OUTPUTS = ("checkpoint.pt", "metrics.csv", "loss.png", "evaluation.json", "input
 MAX_PRR_IMAGES = 10000
 MAX_PMLR_SAMPLES = 10000
 # the flags that define the model or the data: a resumed run takes them from its checkpoint
-SAVED_FLAGS = {"dim_z": 20, "n_hidden": 500, "keep_prob": vae.KEEP_PROB, "add_noise": False, "binarize": False}
-# flags a resumed run may change; a change is printed
-CHANGEABLE_FLAGS = ("learn_rate", "batch_size", "precision")
+SAVED_FLAGS = {"dim_z": 20, "n_hidden": 500, "keep_prob": vae.KEEP_PROB, "add_noise": False, "binarize": False,
+               "output_bias": "zero"}
+# training's flags and their defaults: a resumed run keeps the checkpoint's unless one is given; a change is printed
+CHANGEABLE_FLAGS = {"learn_rate": 1e-3, "batch_size": 128, "precision": "fp32", "lr_schedule": "constant",
+                    "lr_min": 1e-5, "kl_warmup": 0, "iw_train": 1}
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.manual_seed accepts
 METRICS = ("epoch", "train_loss", "train_likelihood", "train_divergence",
            "test_loss", "test_likelihood", "test_divergence", "seconds")
@@ -74,9 +76,22 @@ def build_parser():
                    help="folder for images, metrics and checkpoint (default results, or the --resume checkpoint's)")
     p.add_argument("--add_noise", type=str2bool, default=None, help="train to denoise salt & pepper noise (default False)")
     p.add_argument("--n_hidden", type=int, default=None, help=f"hidden units per MLP layer (default {d['n_hidden']})")
-    p.add_argument("--learn_rate", type=float, default=1e-3, help="Adam learning rate")
+    c = CHANGEABLE_FLAGS
+    p.add_argument("--learn_rate", type=float, default=None, help=f"Adam learning rate (default {c['learn_rate']})")
+    p.add_argument("--lr_schedule", choices=vae.LR_SCHEDULES, default=None,
+                   help="constant, or cosine from --learn_rate at the first epoch to --lr_min at the last "
+                        "(default constant)")
+    p.add_argument("--lr_min", type=float, default=None,
+                   help=f"the cosine schedule's rate at the last epoch (default {c['lr_min']})")
+    p.add_argument("--kl_warmup", type=int, default=None, metavar="E",
+                   help="the KL term's weight rises linearly from 0 to 1 over the first E epochs (default 0)")
+    p.add_argument("--iw_train", type=int, default=None, metavar="K",
+                   help="train on the IWAE bound with K samples per image; 1 is the VAE's -ELBO (default 1)")
+    p.add_argument("--output_bias", choices=("zero", "mean"), default=None,
+                   help="the decoder's initial output bias: zero (the original), or the logit of the training "
+                        "pixels' mean (Burda et al.'s code)")
     p.add_argument("--num_epochs", type=int, default=20, help="total number of epochs (counting resumed ones)")
-    p.add_argument("--batch_size", type=int, default=128, help="batch size")
+    p.add_argument("--batch_size", type=int, default=None, help=f"batch size (default {c['batch_size']})")
     p.add_argument("--PRR", type=str2bool, default=True, help="plot reproduced (reconstructed) test images")
     p.add_argument("--PRR_n_img_x", type=int, default=10, help="PRR images along x")
     p.add_argument("--PRR_n_img_y", type=int, default=10, help="PRR images along y")
@@ -98,8 +113,8 @@ def build_parser():
                    help="binarized MNIST: training images drawn afresh each batch, the test set binarized once")
     p.add_argument("--keep_prob", type=float, default=None,
                    help=f"dropout keep probability in training; 1.0 is no dropout (default {d['keep_prob']})")
-    p.add_argument("--precision", choices=vae.PRECISIONS, default="fp32",
-                   help="training's matrix products in fp32 or bf16 (evaluation is always fp32)")
+    p.add_argument("--precision", choices=vae.PRECISIONS, default=None,
+                   help="training's matrix products in fp32 or bf16 (evaluation is always fp32; default fp32)")
     p.add_argument("--seed", type=int, default=1, help="random seed")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default="auto",
                    help="auto: CUDA, then MPS, then CPU")
@@ -151,7 +166,7 @@ def check_memory(parser, args, device):
     free = available_memory(device)
     if free is None:
         return
-    need = model_bytes(args.dim_z, args.n_hidden, args.batch_size)
+    need = model_bytes(args.dim_z, args.n_hidden, args.batch_size * args.iw_train)
     if need > free:
         parser.error(f"the model (--n_hidden {args.n_hidden}, --dim_z {args.dim_z}) needs about {gigabytes(need)} "
                      f"of memory; {gigabytes(free)} is available")
@@ -175,6 +190,9 @@ def check_resume(parser, args, checkpoint):
             parser.error(f"--{name} {given} differs from the checkpoint's {saved[name]}; leave it out or give "
                          f"{saved[name]} (it would change the {'data' if name in ('add_noise', 'binarize') else 'model'})")
         setattr(args, name, saved[name])
+    for name, default in CHANGEABLE_FLAGS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, checkpoint["args"].get(name, default))
     if args.num_epochs < checkpoint["epoch"]:
         parser.error(f"--num_epochs {args.num_epochs} is fewer than the {checkpoint['epoch']} epochs "
                      f"the checkpoint has finished")
@@ -194,7 +212,7 @@ def parse_args(argv=None):
         if args.results_path is None:
             args.results_path = os.path.dirname(args.resume) or "."
     else:
-        for name, default in SAVED_FLAGS.items():
+        for name, default in {**SAVED_FLAGS, **CHANGEABLE_FLAGS}.items():
             if getattr(args, name) is None:
                 setattr(args, name, default)
         if args.num_epochs < 1:
@@ -208,6 +226,12 @@ def parse_args(argv=None):
         parser.error(f"--keep_prob must be in (0, 1] (got {args.keep_prob})")
     if not (args.learn_rate > 0 and math.isfinite(args.learn_rate)):
         parser.error(f"--learn_rate must be positive (got {args.learn_rate})")
+    if not 0 <= args.lr_min <= args.learn_rate:
+        parser.error(f"--lr_min must be from 0 to --learn_rate {args.learn_rate} (got {args.lr_min})")
+    if args.kl_warmup < 0:
+        parser.error(f"--kl_warmup must be 0 (off) or a number of epochs (got {args.kl_warmup})")
+    if args.iw_train < 1:
+        parser.error(f"--iw_train must be at least 1 (got {args.iw_train})")
     if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
         parser.error(f"--seed must be from -2**63 to 2**64 - 1 (got {args.seed})")
     if args.PRR:
@@ -365,11 +389,13 @@ class Run:
     saved: str = None  # the newest checkpoint a user could resume from
 
 
-def build_run(args, checkpoint, device):
+def build_run(args, checkpoint, data, device):
     """The model and Adam, new (seeded by --seed) or from the checkpoint with its random states."""
     torch.manual_seed(args.seed)
     if checkpoint is None:
         model = vae.VAE(args.dim_z, args.n_hidden, args.keep_prob).to(device)
+        if args.output_bias == "mean":
+            model.init_output_bias(data.train_x.mean(0))
         return Run(model, vae.adam(model, args.learn_rate))
     try:
         model = vae.from_checkpoint(checkpoint).to(device)
@@ -377,14 +403,18 @@ def build_run(args, checkpoint, device):
         optimizer.load_state_dict(checkpoint["optimizer"])
     except (ValueError, KeyError, TypeError) as e:
         raise RunError(f"--resume: {args.resume}: {e}", 2) from None
-    for group in optimizer.param_groups:
-        group["lr"] = args.learn_rate
     set_rng_state(checkpoint["rng"], device)
     print(f"resumed from {args.resume} after {checkpoint['epoch']} epochs", flush=True)
     before = checkpoint["args"]
     for name in CHANGEABLE_FLAGS:
         if name in before and before[name] != getattr(args, name):
             print(f"--{name} is now {getattr(args, name)} (the checkpoint's run used {before[name]})", flush=True)
+    if args.lr_schedule == "cosine" and before.get("num_epochs", args.num_epochs) != args.num_epochs:
+        epoch, planned = checkpoint["epoch"], before["num_epochs"]
+        was = vae.learning_rate(epoch, planned, before.get("learn_rate", args.learn_rate),
+                                before.get("lr_min", args.lr_min), before.get("lr_schedule", "constant"))
+        print(f"the cosine schedule now runs over {args.num_epochs} epochs (the checkpoint's run planned {planned}): "
+              f"epoch {epoch} trains at {learning_rate(args, epoch):.3g} where it would have at {was:.3g}", flush=True)
     return Run(model, optimizer, checkpoint["epoch"], checkpoint["best_loss"], checkpoint["history"], args.resume)
 
 
@@ -484,18 +514,26 @@ def save_epoch(args, run, pictures, train, test, epoch, seconds):
     run.saved = out(CHECKPOINT_NAME)
 
 
+def learning_rate(args, epoch):
+    """Adam's rate in an epoch under the run's schedule."""
+    return vae.learning_rate(epoch, args.num_epochs, args.learn_rate, args.lr_min, args.lr_schedule)
+
+
 def train(args, run, data, x_test_hat, pictures, signals, continue_with):
     """Train from run.epoch to --num_epochs, evaluating on the test set and saving after each epoch."""
     show_bar = sys.stderr.isatty()
+    steps = mnist_data.num_batches(len(data.train_x), args.batch_size)
     for epoch in range(run.epoch, args.num_epochs):
         t0 = time.perf_counter()
-        with tqdm(total=mnist_data.num_batches(len(data.train_x), args.batch_size), desc=f"epoch {epoch}",
-                  leave=False, disable=not show_bar) as bar:
+        for group in run.optimizer.param_groups:
+            group["lr"] = learning_rate(args, epoch)
+        with tqdm(total=steps, desc=f"epoch {epoch}", leave=False, disable=not show_bar) as bar:
             def show_step(loss):
                 bar.set_postfix(loss=f"{loss.item():.2f}", refresh=False)
                 bar.update()
             batches = mnist_data.batches(data.train_x, args.batch_size, args.add_noise, args.binarize)
-            train_metrics = vae.train_epoch(run.model, run.optimizer, batches, args.precision,
+            train_metrics = vae.train_epoch(run.model, run.optimizer, batches, args.precision, args.iw_train,
+                                            vae.kl_weights(epoch, steps, args.kl_warmup),
                                             should_stop=lambda: signals.received is not None,
                                             on_step=show_step if show_bar else None)
         if train_metrics is None:
@@ -507,8 +545,11 @@ def train(args, run, data, x_test_hat, pictures, signals, continue_with):
             raise RunError(f"non-finite loss in epoch {epoch} (try a smaller --learn_rate); {kept}")
         test_metrics = vae.evaluate(run.model, x_test_hat, data.test_x)
         seconds = time.perf_counter() - t0
-        print("epoch %d: L_tot %03.2f L_likelihood %03.2f L_divergence %03.2f" % (epoch, *train_metrics)
+        # K > 1: the training bound -L_K first, then the -ELBO's two terms of the same samples
+        label = "L_tot" if args.iw_train == 1 else f"-L_{args.iw_train}"
+        print(f"epoch {epoch}: {label} %03.2f L_likelihood %03.2f L_divergence %03.2f" % tuple(train_metrics)
               + " | test L_tot %.2f L_likelihood %.2f L_divergence %.2f" % tuple(test_metrics)
+              + (f" | lr {learning_rate(args, epoch):.2e}" if args.lr_schedule != "constant" else "")
               + " | %.1f s" % seconds, flush=True)
         save_epoch(args, run, pictures, train_metrics, test_metrics, epoch, seconds)
     signals.check(f"interrupted; all {args.num_epochs} epochs finished and {run.saved} holds them")
@@ -546,7 +587,7 @@ def main(argv=None, script="run_main.py"):
     try:
         with results_folder(args) as folder, Signals() as signals:
             data, x_test_hat = load_data(args, device)
-            run = build_run(args, checkpoint, device)
+            run = build_run(args, checkpoint, data, device)
             pictures = Pictures(args, data, x_test_hat, folder)
             pictures.save_inputs()
             train(args, run, data, x_test_hat, pictures, signals,

@@ -11,7 +11,6 @@ from mnist_data import IMAGE_SIZE
 
 DIM_IMG = IMAGE_SIZE * IMAGE_SIZE
 KEEP_PROB = 0.9  # the original's dropout keep probability while training
-LOG_2PI = math.log(2.0 * math.pi)
 
 
 def variance_scaling_(linear):
@@ -107,12 +106,31 @@ class VAE(nn.Module):
         z = torch.addcmul(mu, sigma, torch.randn_like(mu))
         return self.decoder(z), mu, sigma
 
-    def loss(self, x_hat, x):
-        """-ELBO averaged over the batch, with its two terms: (loss, -log-likelihood, KL)."""
-        logits, mu, sigma = self(x_hat)
-        nll = neg_log_likelihood(logits, x).mean()
-        kl = kl_divergence(mu, sigma).mean()
-        return nll + kl, nll, kl
+    def loss(self, x_hat, x, k=1, kl_weight=1.0):
+        """The training objective and what it bounds, batch means: (objective, loss, -log-likelihood, KL).
+
+        k = 1: the -ELBO, nll + KL, with the KL weighted by kl_weight in the objective (warm-up); loss is
+        always the weight-1 -ELBO. k > 1: the IWAE bound -log (1/k) sum_k p(x, z_k) / q(z_k|x), one decoder
+        pass over all k samples, gradients through the log-sum-exp; loss is that bound with weight 1, and
+        -log-likelihood the mean over the k samples.
+        """
+        if k == 1:
+            logits, mu, sigma = self(x_hat)
+            nll = neg_log_likelihood(logits, x).mean()
+            kl = kl_divergence(mu, sigma).mean()
+            loss = nll + kl
+            return (loss if kl_weight == 1.0 else nll + kl_weight * kl), loss, nll, kl
+        mu, sigma = self.encoder(x_hat)
+        log_px_z, log_prior_ratio = log_weights(self.decoder, x, mu, sigma, torch.randn(k, *mu.shape, device=mu.device))
+        bound = iw_bound(log_px_z + log_prior_ratio).mean()
+        objective = bound if kl_weight == 1.0 else iw_bound(log_px_z + kl_weight * log_prior_ratio).mean()
+        return -objective, -bound, -log_px_z.mean(), kl_divergence(mu, sigma).mean()
+
+    @torch.no_grad()
+    def init_output_bias(self, pixel_mean):
+        """Start the decoder at the mean image: its output bias the logit of each pixel's mean (as Burda et
+        al.'s IWAE code), clamped to [1e-3, 1 - 1e-3]."""
+        self.decoder.net[-1].bias.copy_(torch.logit(pixel_mean.clamp(1e-3, 1 - 1e-3)))
 
     @torch.no_grad()
     def encode(self, x):
@@ -148,7 +166,11 @@ def as_rows(x):
 
 
 class Metrics(NamedTuple):
-    """Mean -ELBO over images and its two terms, in nats: loss = likelihood + divergence."""
+    """Mean figures over images, in nats, all with the KL's weight 1 (never the warm-up's objective).
+
+    loss is the -ELBO (= likelihood + divergence), or for the IWAE's K > 1 samples the bound -L_K, which is
+    at most the -ELBO likelihood + divergence of the same samples.
+    """
     loss: float
     likelihood: float  # -log p(x|z), the original's L_likelihood
     divergence: float  # KL(q(z|x) || p(z)), the original's L_divergence
@@ -170,10 +192,30 @@ def adam(model, learn_rate):
         return torch.optim.Adam(model.parameters(), lr=learn_rate)
 
 
-def train_epoch(model, optimizer, batches, precision="fp32", should_stop=None, on_step=None):
-    """One pass of Adam over (x_hat, x) batches: the mean Metrics, or None if should_stop() said so.
+LR_SCHEDULES = ("constant", "cosine")
 
-    on_step(loss) is called after each step with the batch's loss tensor.
+
+def learning_rate(epoch, num_epochs, learn_rate, lr_min, schedule):
+    """Adam's rate in an epoch: constant, or cosine from learn_rate at epoch 0 to lr_min at the last epoch."""
+    if schedule == "constant" or num_epochs <= 1:
+        return learn_rate
+    return lr_min + 0.5 * (learn_rate - lr_min) * (1.0 + math.cos(math.pi * min(epoch, num_epochs - 1) / (num_epochs - 1)))
+
+
+def kl_weights(epoch, steps, warmup_epochs):
+    """The KL term's weight at each of an epoch's steps: rising linearly from 0 (step 0 of epoch 0) to 1
+    over the first warmup_epochs epochs (Sonderby et al. 2016), then 1."""
+    if warmup_epochs <= 0:
+        return [1.0] * steps
+    return [min(1.0, (epoch + i / steps) / warmup_epochs) for i in range(steps)]
+
+
+def train_epoch(model, optimizer, batches, precision="fp32", k=1, kl_weight=None, should_stop=None, on_step=None):
+    """One pass of Adam over (x_hat, x) batches on the -ELBO (k = 1) or the IWAE bound (k > 1): the mean
+    Metrics with the KL's weight 1, or None if should_stop() said so.
+
+    kl_weight: the KL's weight in the objective at each step (None: 1); on_step(loss) is called after each
+    step with the batch's loss tensor.
     """
     model.train()
     device = next(model.parameters()).device
@@ -182,9 +224,9 @@ def train_epoch(model, optimizer, batches, precision="fp32", should_stop=None, o
         if should_stop is not None and should_stop():
             return None
         with autocast(device, precision):
-            loss, nll, kl = model.loss(x_hat, x)
+            objective, loss, nll, kl = model.loss(x_hat, x, k, 1.0 if kl_weight is None else kl_weight[n])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         optimizer.step()
         sums += torch.stack((loss, nll, kl)).detach()
         n += 1
@@ -207,7 +249,7 @@ def chunked_sum(fn, x_hat, x, batch_size, on_chunk=None):
 def evaluate(model, x_hat, x, batch_size=1000):
     """Mean Metrics over all images in evaluation mode (no dropout) and fp32, in batches."""
     model.eval()
-    sums = chunked_sum(lambda a, b: torch.stack(model.loss(a, b)) * len(b), x_hat, x, batch_size)
+    sums = chunked_sum(lambda a, b: torch.stack(model.loss(a, b)[1:]) * len(b), x_hat, x, batch_size)
     return Metrics(*(sums / len(x)).tolist())
 
 
@@ -217,6 +259,25 @@ def mean_abs_error(model, x_hat, x, batch_size=1000):
     model.eval()
     restored = chunked_sum(lambda a, b: (model.reconstruct(a) - b).abs().sum(), x_hat, x, batch_size)
     return (x_hat - x).abs().mean().item(), restored.item() / x.numel()
+
+
+def log_weights(decoder, x, mu, sigma, eps):
+    """log p(x|z) and log p(z) - log q(z|x), each (K, N), for z = mu + sigma * eps with eps (K, N, dim_z):
+    one decoder pass over all K * N rows."""
+    k, n, dim_z = eps.shape
+    z = mu + sigma * eps
+    logits = decoder(z.reshape(k * n, dim_z)).reshape(k, n, -1)
+    with torch.autocast(x.device.type, enabled=False):  # the sums over 784 pixels stay fp32
+        # the Bernoulli likelihood x.l - softplus(l), its x.l term one batched product (cheaper than BCE here)
+        log_px_z = torch.einsum("knd,nd->kn", logits, x) - F.softplus(logits).sum(-1)
+    # log N(z; 0, I) - log N(z; mu, sigma^2): the 2 pi terms cancel
+    log_prior_ratio = 0.5 * (eps.square() - z.square()).sum(-1) + sigma.log().sum(-1)
+    return log_px_z, log_prior_ratio
+
+
+def iw_bound(log_w):
+    """The importance-weighted bound log (1/K) sum_k exp(log_w[k]) per image, from (K, N) log weights."""
+    return torch.logsumexp(log_w, 0) - math.log(len(log_w))
 
 
 @torch.no_grad()
@@ -233,14 +294,8 @@ def iw_log_likelihood(model, x_hat, x, k, max_rows=16384):
     log_sum = torch.full((b,), -math.inf, device=x.device)
     for start in range(0, k, chunk):
         n = min(chunk, k - start)
-        eps = torch.randn(n, b, dim_z, device=x.device)
-        z = mu + sigma * eps
-        logits = model.decoder(z.reshape(n * b, dim_z)).reshape(n, b, -1)
-        # the Bernoulli likelihood x.l - softplus(l), its x.l term one batched product (cheaper than BCE here)
-        log_px_z = torch.einsum("nbd,bd->nb", logits, x) - F.softplus(logits).sum(-1)
-        log_pz = -0.5 * (z.square() + LOG_2PI).sum(-1)
-        log_qz = -0.5 * (eps.square() + LOG_2PI).sum(-1) - sigma.log().sum(-1)
-        log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_px_z + log_pz - log_qz, 0))
+        log_px_z, log_prior_ratio = log_weights(model.decoder, x, mu, sigma, torch.randn(n, b, dim_z, device=x.device))
+        log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_px_z + log_prior_ratio, 0))
     return log_sum - math.log(k)
 
 

@@ -33,7 +33,8 @@ SEED_DEFAULTS = dict(dim_z=20, results_path="results", add_noise=False, n_hidden
                      PMLR_resize_factor=1.0, PMLR_z_range=2.0, PMLR_n_samples=5000,
                      data_dir="data", seed=1, device="auto", iw_samples=0, resume=None, PMLR_grid="linear")
 NEW_DEFAULTS = dict(PRS=False, PRS_n_img_x=10, PRS_n_img_y=10, PRS_resize_factor=1.0, binarize=False,
-                    keep_prob=0.9, precision="fp32")
+                    keep_prob=0.9, precision="fp32", lr_schedule="constant", lr_min=1e-5, kl_warmup=0,
+                    iw_train=1, output_bias="zero")
 
 PMLR_ON = ["--PMLR", "True", "--dim_z", "2"]
 BAD = [

@@ -55,7 +55,8 @@ def test_shapes_and_positive_sigma():
     assert (sigma >= 1e-6).all()
     logits, mu2, sigma2 = model(x)
     assert logits.shape == (7, 784)
-    loss, nll, kl = model.loss(x, x)
+    objective, loss, nll, kl = model.loss(x, x)
+    assert objective is loss
     assert loss.shape == () and loss.item() == pytest.approx(nll.item() + kl.item(), rel=1e-6)
     mu_api, sigma_api = model.eval().encode(x.reshape(7, 1, 28, 28))
     assert torch.equal(mu_api, model.encoder(x)[0]) and torch.equal(sigma_api, model.encoder(x)[1])
@@ -241,10 +242,11 @@ def test_bf16_runs_the_products_in_bfloat16_and_returns_fp32():
     model.decoder.net[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     x = images(4)
     with vae.autocast(torch.device("cpu"), "bf16"):
-        loss, nll, kl = model.loss(x, x)
+        _, loss, nll, kl = model.loss(x, x)
+        iw_loss = model.loss(x, x, k=3)[1]
         logits, mu, sigma = model(x)
-    assert seen == [torch.bfloat16, torch.bfloat16]
-    assert {t.dtype for t in (loss, nll, kl, logits, mu, sigma)} == {torch.float32}
+    assert seen == [torch.bfloat16] * 3
+    assert {t.dtype for t in (loss, nll, kl, iw_loss, logits, mu, sigma)} == {torch.float32}
     with vae.autocast(torch.device("cpu"), "fp32"):
         model(x)
     assert seen[-1] == torch.float32
