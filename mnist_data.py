@@ -9,6 +9,7 @@ import torchvision
 
 IMAGE_SIZE = 28
 VALIDATION_SIZE = 5000  # the first 5,000 training images, as the original
+TEST_SIZE = 10000  # MNIST's test images
 # Seed of the one fixed binarization of the test (and validation) images: not --seed, so every run,
 # whatever its seed or device, is scored on the same binary test images.
 BINARIZE_SEED = 1312_6114
@@ -38,13 +39,18 @@ def _missing(data_dir):
 
 
 def _download(data_dir):
-    """Let torchvision fetch what is missing; keep its chatter out of the user's log."""
+    """Let torchvision fetch what is missing; keep its chatter out of the user's log. A failed download
+    leaves no empty folders behind (a mistyped --data_dir used to leave an empty MNIST/raw tree)."""
+    made = [d for d in (data_dir, os.path.join(data_dir, "MNIST"), raw_folder(data_dir)) if not os.path.exists(d)]
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             torchvision.datasets.MNIST(data_dir, train=True, download=True)
     except Exception:  # no network, a refused mirror, a read-only folder: all end in the message below
         pass
     if _missing(data_dir):
+        for d in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(d)  # only if still empty
         names = ", ".join(name for name, _, _ in FILES)
         raise MNISTError(
             f"MNIST is not in {raw_folder(data_dir)} and could not be downloaded; "
@@ -80,6 +86,9 @@ def load_mnist(data_dir, device, binarize=False):
     counts = [check_idx(os.path.join(raw_folder(data_dir), name), magic, ndim) for name, magic, ndim in FILES]
     if counts[0] != counts[1] or counts[2] != counts[3]:
         raise MNISTError(f"{raw_folder(data_dir)}: image and label files disagree on the number of examples")
+    if counts[2] == 0:
+        raise MNISTError(f"{os.path.join(raw_folder(data_dir), FILES[2][0])} holds no images; "
+                         f"replace it with the original file")
     if counts[0] <= VALIDATION_SIZE:
         raise MNISTError(f"{raw_folder(data_dir)}: the training file needs more than {VALIDATION_SIZE} images")
 

@@ -11,6 +11,7 @@ from mnist_data import IMAGE_SIZE
 
 DIM_IMG = IMAGE_SIZE * IMAGE_SIZE
 KEEP_PROB = 0.9  # the original's dropout keep probability while training
+KEEP_PROB_MIN = 1e-3  # below this, dropout's 1 / keep_prob scaling overflows the training (1e-40 did)
 
 
 def variance_scaling_(linear):
@@ -162,7 +163,7 @@ def as_rows(x):
     shapes = ((DIM_IMG,), (IMAGE_SIZE, IMAGE_SIZE), (1, IMAGE_SIZE, IMAGE_SIZE))
     if x.dim() < 2 or tuple(x.shape[1:]) not in shapes:
         raise ValueError(f"expected images of shape (N, 784), (N, 28, 28) or (N, 1, 28, 28), got {tuple(x.shape)}")
-    return x.reshape(len(x), DIM_IMG)
+    return x.reshape(len(x), DIM_IMG).float()  # float64 or float16 images become the model's float32
 
 
 class Metrics(NamedTuple):
@@ -182,6 +183,21 @@ PRECISIONS = ("fp32", "bf16")
 def autocast(device, precision):
     """Training's numerics: bf16 runs the linear layers' products in bfloat16, all else stays fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def cpu_info():
+    """This CPU's model name and whether it has AMX, read from /proc/cpuinfo (Linux); ("unknown", False) elsewhere.
+
+    bf16 products pay on a CPU only with AMX: with AVX-512 BF16 alone they ran slower than fp32.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return "unknown", False
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
+                "unknown")
+    return name, " amx_bf16" in text or " amx_tile" in text
 
 
 def adam(model, learn_rate):
@@ -280,12 +296,17 @@ def iw_bound(log_w):
     return torch.logsumexp(log_w, 0) - math.log(len(log_w))
 
 
+IW_BATCH = 100  # images per batch of the importance-weighted bound
+IW_ROWS = 16384  # decoder rows per chunk of its samples
+
+
 @torch.no_grad()
-def iw_log_likelihood(model, x_hat, x, k, max_rows=16384):
+def iw_log_likelihood(model, x_hat, x, k, max_rows=IW_ROWS, on_chunk=None):
     """Importance-weighted bound on log p(x) per image, log mean_k p(x, z_k) / q(z_k|x) (Burda et al. 2015).
 
     The K samples are drawn in chunks of at most max_rows decoder rows and folded into a running
-    log-sum-exp, so memory stays bounded whatever K is.
+    log-sum-exp, so memory stays bounded whatever K is; on_chunk() is called after each chunk (it may raise
+    to stop a long evaluation).
     """
     model.eval()
     mu, sigma = model.encoder(x_hat)
@@ -296,17 +317,41 @@ def iw_log_likelihood(model, x_hat, x, k, max_rows=16384):
         n = min(chunk, k - start)
         log_px_z, log_prior_ratio = log_weights(model.decoder, x, mu, sigma, torch.randn(n, b, dim_z, device=x.device))
         log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_px_z + log_prior_ratio, 0))
+        if on_chunk is not None:
+            on_chunk()
     return log_sum - math.log(k)
 
 
-def mean_log_likelihood(model, x_hat, x, k, batch_size=100, on_batch=None):
-    """Mean importance-weighted log p(x) bound over a data set, in batches; on_batch(n) after each."""
-    total = chunked_sum(lambda a, b: iw_log_likelihood(model, a, b, k).double().sum(), x_hat, x, batch_size, on_batch)
+def mean_log_likelihood(model, x_hat, x, k, batch_size=IW_BATCH, on_batch=None, on_chunk=None):
+    """Mean importance-weighted log p(x) bound over a data set, in batches; on_batch(n) after each batch of
+    images, on_chunk() after each chunk of decoder rows."""
+    total = chunked_sum(lambda a, b: iw_log_likelihood(model, a, b, k, on_chunk=on_chunk).double().sum(),
+                        x_hat, x, batch_size, on_batch)
     return total.item() / len(x)
+
+
+def iw_chunks(n_images, k, batch_size=IW_BATCH, max_rows=IW_ROWS):
+    """How many decoder chunks mean_log_likelihood runs for n_images at K samples."""
+    full, rest = divmod(n_images, batch_size)
+    per_batch = lambda b: math.ceil(k / max(1, max_rows // b))  # noqa: E731
+    return full * per_batch(batch_size) + (per_batch(rest) if rest else 0)
 
 
 CHECKPOINT_FORMAT = "pytorch-mnist-vae checkpoint 1"
 CHECKPOINT_KEYS = ("format", "model_args", "model", "optimizer", "epoch", "best_loss", "history", "args", "rng")
+
+
+def parameter_count(dim_z, n_hidden, dim_img=DIM_IMG):
+    """Weights and biases of VAE(dim_z, n_hidden): the encoder's three layers and the decoder's three."""
+    encoder = (dim_img + 1) * n_hidden + (n_hidden + 1) * n_hidden + (n_hidden + 1) * 2 * dim_z
+    decoder = (dim_z + 1) * n_hidden + (n_hidden + 1) * n_hidden + (n_hidden + 1) * dim_img
+    return encoder + decoder
+
+
+def training_bytes(dim_z, n_hidden, rows, dim_img=DIM_IMG):
+    """Memory training takes, about: weights, gradients and Adam's two moments (16 bytes a parameter), plus
+    the activations of a batch of rows (at least the 1,000 images of an evaluation batch)."""
+    return 16 * parameter_count(dim_z, n_hidden, dim_img) + 4 * max(rows, 1000) * (8 * n_hidden + 4 * dim_img)
 
 
 def save_checkpoint(file, model, optimizer, **run):
@@ -317,6 +362,8 @@ def save_checkpoint(file, model, optimizer, **run):
 
 def load_checkpoint(path):
     """Read a checkpoint of this project (tensors and plain data only, never code); ValueError saying why not."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; give the checkpoint file in it ({os.path.join(path, 'checkpoint.pt')})")
     if not os.path.isfile(path):
         raise ValueError(f"no such file: {path}")
     try:
@@ -330,26 +377,75 @@ def load_checkpoint(path):
         raise ValueError(f"{path} is an incomplete checkpoint (no {', '.join(missing)})")
     kinds = {"model_args": dict, "model": dict, "optimizer": dict, "epoch": int, "best_loss": (int, float),
              "history": list, "args": dict, "rng": dict}
-    wrong = [key for key, kind in kinds.items() if not isinstance(checkpoint[key], kind)]
-    if wrong or checkpoint["epoch"] < 0 or not isinstance(checkpoint["rng"].get("cpu"), torch.Tensor):
+    wrong = [key for key, kind in kinds.items() if not isinstance(checkpoint[key], kind) or isinstance(checkpoint[key], bool)]
+    cpu_rng = checkpoint["rng"].get("cpu") if not wrong else None
+    if wrong or checkpoint["epoch"] < 0 or not is_rng_state(cpu_rng):
         raise ValueError(f"{path} is a damaged checkpoint (bad {', '.join(wrong) or 'epoch or rng'})")
     model_args = checkpoint["model_args"]
-    if not (isinstance(model_args, dict) and set(model_args) <= {"dim_z", "n_hidden", "keep_prob"}
-            and all(isinstance(model_args.get(k), int) and model_args[k] >= 1 for k in ("dim_z", "n_hidden"))
-            and 0 < model_args.get("keep_prob", KEEP_PROB) <= 1):
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    keep_prob = model_args.get("keep_prob", KEEP_PROB)
+    if not (set(model_args) <= {"dim_z", "n_hidden", "keep_prob"}
+            and all(whole(model_args.get(k)) and model_args[k] >= 1 for k in ("dim_z", "n_hidden"))
+            and isinstance(keep_prob, (int, float)) and not isinstance(keep_prob, bool)
+            and KEEP_PROB_MIN <= keep_prob <= 1):
         raise ValueError(f"{path} has invalid model arguments {model_args!r}")
     return checkpoint
 
 
+def is_rng_state(state):
+    """Whether state can be torch's CPU generator state (a uint8 tensor of its size)."""
+    return (isinstance(state, torch.Tensor) and state.dtype == torch.uint8
+            and state.shape == torch.get_rng_state().shape)
+
+
 def from_checkpoint(checkpoint):
-    """The VAE a checkpoint describes, with its weights (training mode, on the CPU)."""
-    model = VAE(**checkpoint["model_args"])
+    """The VAE a checkpoint describes, with its weights (training mode, on the CPU).
+
+    The weights are checked against the model's shapes before any memory is spent on the model: a small
+    file that claims a huge model is refused at once.
+    """
     try:
-        model.load_state_dict(checkpoint["model"])
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise ValueError(f"the checkpoint's weights do not fit its model arguments {checkpoint['model_args']} "
+        with torch.device("meta"):  # shapes only, no memory
+            expected = VAE(**checkpoint["model_args"]).state_dict()
+    except (RuntimeError, OverflowError) as e:
+        raise ValueError(f"the checkpoint's model arguments {checkpoint['model_args']} make no model "
                          f"({str(e).splitlines()[0]})") from None
+    weights = checkpoint["model"]
+    bad = [name for name, t in expected.items() if not isinstance(weights.get(name), torch.Tensor)
+           or weights[name].shape != t.shape or weights[name].dtype != t.dtype]
+    if bad or set(weights) != set(expected):
+        wrong = bad or sorted(set(weights) ^ set(expected))
+        raise ValueError(f"the checkpoint's weights do not fit its model arguments {checkpoint['model_args']} "
+                         f"({len(wrong)} tensors differ, the first {wrong[0]})")
+    model = VAE(**checkpoint["model_args"])
+    model.load_state_dict(weights)
     return model
+
+
+def restore_adam(model, learn_rate, state):
+    """adam(model, learn_rate) with a checkpoint's optimizer state, each moment checked against its weight.
+
+    Fused Adam trusts the state's sizes: a crafted file could make it read and write out of bounds, so
+    only state that has every parameter's exact shape, dtype and a finite step count is loaded, and the
+    hyperparameters are this code's own, never the file's. ValueError otherwise.
+    """
+    optimizer = adam(model, learn_rate)
+    params = list(model.parameters())
+    saved = state.get("state") if isinstance(state, dict) else None
+    if not isinstance(saved, dict) or set(saved) != set(range(len(params))):
+        raise ValueError("the checkpoint's optimizer state does not fit its model")
+    for i, p in enumerate(params):
+        entry = saved[i]
+        if not (isinstance(entry, dict) and set(entry) == {"step", "exp_avg", "exp_avg_sq"}
+                and all(isinstance(entry[k], torch.Tensor) and entry[k].shape == p.shape and entry[k].dtype == p.dtype
+                        and bool(torch.isfinite(entry[k]).all()) for k in ("exp_avg", "exp_avg_sq"))
+                and bool((entry["exp_avg_sq"] >= 0).all())
+                and isinstance(entry["step"], torch.Tensor) and entry["step"].shape == ()
+                and entry["step"].dtype == torch.float32
+                and math.isfinite(entry["step"].item()) and entry["step"].item() >= 1):
+            raise ValueError(f"the checkpoint's optimizer state does not fit its model (parameter {i})")
+    optimizer.load_state_dict({"state": saved, "param_groups": optimizer.state_dict()["param_groups"]})
+    return optimizer
 
 
 def load(path, device="cpu"):

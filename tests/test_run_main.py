@@ -365,7 +365,7 @@ def test_a_fresh_run_moves_an_earlier_run_aside(first_run, mnist_dir, tmp_path):
     shutil.copytree(results, folder)
     (folder / "notes.txt").write_text("mine")
     (folder / "PRR_epoch_01.jpg.bak").write_text("mine too")
-    earlier = sorted(run_main.earlier_outputs(folder))
+    earlier = run_main.ResultsFolder(str(folder)).outputs()
     assert "checkpoint.pt" in earlier and "PRS_epoch_01.jpg" in earlier and "keep.txt" not in earlier
     for n in (1, 2):
         done = run("--dim_z", "3", "--num_epochs", "1", *FAST, "--data_dir", mnist_dir, "--results_path", folder)

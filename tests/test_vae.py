@@ -149,6 +149,133 @@ def test_train_epoch_averages_and_stops_when_asked():
     assert len(calls) == 3  # asked before each batch; stopped before the third
 
 
+def test_cosine_rate_follows_the_formula():
+    rate = lambda epoch, schedule="cosine": vae.learning_rate(epoch, 11, 1e-3, 1e-5, schedule)  # noqa: E731
+    assert rate(0) == 1e-3 and rate(10) == pytest.approx(1e-5, abs=1e-18)
+    assert rate(5) == pytest.approx((1e-3 + 1e-5) / 2)
+    for epoch in (1, 3, 7, 9):
+        assert rate(epoch) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * epoch / 10)))
+    assert all(rate(e) > rate(e + 1) for e in range(10))
+    assert {rate(e, "constant") for e in range(11)} == {1e-3}
+    assert vae.learning_rate(0, 1, 1e-3, 1e-5, "cosine") == 1e-3  # a one-epoch run trains at --learn_rate
+
+
+def test_kl_warmup_weights_per_step():
+    assert vae.kl_weights(0, 4, 2) == [0.0, 0.125, 0.25, 0.375]
+    assert vae.kl_weights(1, 4, 2) == [0.5, 0.625, 0.75, 0.875]
+    assert vae.kl_weights(2, 4, 2) == [1.0] * 4
+    assert vae.kl_weights(0, 3, 0) == [1.0] * 3
+    assert vae.kl_weights(3, 2, 10) == [0.3, 0.35]
+
+
+def test_warmup_trains_on_the_weighted_kl_and_reports_the_weight_one_elbo():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=3, n_hidden=32, keep_prob=1.0)
+    x = images(16)
+    torch.manual_seed(5)
+    objective, loss, nll, kl = model.loss(x, x, kl_weight=0.25)
+    assert loss.item() == pytest.approx(nll.item() + kl.item(), rel=1e-6)
+    assert objective.item() == pytest.approx(nll.item() + 0.25 * kl.item(), rel=1e-6)
+    # what train_epoch reports during warm-up is the weight-1 -ELBO of the step's sample
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    torch.manual_seed(5)
+    reported = vae.train_epoch(model, optimizer, [(x, x)], kl_weight=[0.25])
+    assert reported.loss == pytest.approx(loss.item(), rel=1e-6) and reported.divergence == pytest.approx(kl.item())
+    # and the step's gradient is that of nll + 0.25 KL: at weight 0 the encoder's sigma head sees no KL
+    torch.manual_seed(5)
+    model.zero_grad()
+    model.loss(x, x, kl_weight=0.0)[0].backward()
+    no_kl = [p.grad.clone() for p in model.parameters()]
+    torch.manual_seed(5)
+    model.zero_grad()
+    logits, _, _ = model(x)
+    vae.neg_log_likelihood(logits, x).mean().backward()
+    assert all(torch.allclose(a, p.grad) for a, p in zip(no_kl, model.parameters()))
+
+
+def test_iw_train_1_is_exactly_the_vae_loss():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=3, n_hidden=32)
+    x = images(16)
+    torch.manual_seed(7)
+    objective, loss, nll, kl = model.loss(x, x, k=1)
+    torch.manual_seed(7)
+    logits, mu, sigma = model(x)  # the same z: the same draws of dropout and eps in the same order
+    elbo = vae.neg_log_likelihood(logits, x).mean() + vae.kl_divergence(mu, sigma).mean()
+    assert torch.equal(objective, elbo) and torch.equal(loss, elbo)
+
+
+def test_iwae_bound_is_at_least_the_elbo():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=3, n_hidden=32, keep_prob=1.0)
+    x = images(32)
+    with torch.no_grad():
+        mu, sigma = model.encoder(x)
+        log_px_z, log_prior_ratio = vae.log_weights(model.decoder, x, mu, sigma, torch.randn(5, 32, 3))
+        log_w = log_px_z + log_prior_ratio
+        assert (vae.iw_bound(log_w) >= log_w.mean(0) - 1e-4).all()  # Jensen, sample by sample
+        bounds = [model.loss(x, x, k=5)[1].item() for _ in range(200)]
+        elbos = [model.loss(x, x, k=1)[1].item() for _ in range(200)]
+    assert sum(bounds) / 200 < sum(elbos) / 200 - 0.1  # -L_5 below the -ELBO on a fixed model and batch
+
+
+def independent_iwae_loss(model, x, eps):
+    """The IWAE loss from torch.distributions in float64, one sample at a time: -mean_n log mean_k w_nk."""
+    mu, sigma = (t.double() for t in model.encoder(x))
+    log_w = []
+    for e in eps.double():
+        z = mu + sigma * e
+        logits = model.decoder(z.float()).double()
+        log_px_z = torch.distributions.Bernoulli(logits=logits).log_prob(x.double()).sum(-1)
+        log_pz = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        log_qz = torch.distributions.Normal(mu, sigma).log_prob(z).sum(-1)
+        log_w.append(log_px_z + log_pz - log_qz)
+    log_w = torch.stack(log_w)
+    return -(torch.logsumexp(log_w, 0) - math.log(len(eps))).mean()
+
+
+def close(a, b):
+    """Gradients equal to float precision: relative to the whole tensor's size."""
+    return (a - b.float()).norm() <= 1e-4 * b.norm() + 1e-6
+
+
+def test_iwae_gradient_matches_an_independent_computation():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=3, n_hidden=32, keep_prob=1.0)
+    x = torch.bernoulli(images(16), generator=torch.Generator().manual_seed(0))  # Bernoulli's support
+    torch.manual_seed(3)
+    eps = torch.randn(4, 16, 3)
+    torch.manual_seed(3)  # model.loss draws the same eps
+    objective, loss, nll, kl = model.loss(x, x, k=4)
+    model.zero_grad()
+    objective.backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    reference = independent_iwae_loss(model, x, eps)
+    reference.backward()
+    assert objective.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert all(close(a, p.grad) for a, p in zip(ours, model.parameters()))
+    # the weights are not detached: detaching them (a known bug) gives another gradient
+    model.zero_grad()
+    mu, sigma = model.encoder(x)
+    log_px_z, log_prior_ratio = vae.log_weights(model.decoder, x, mu, sigma, eps)
+    log_w = log_px_z + log_prior_ratio
+    (-(torch.softmax(log_w, 0).detach() * log_w).sum(0).mean()).backward(retain_graph=True)  # by hand
+    assert all(close(a, p.grad) for a, p in zip(ours, model.parameters()))
+    model.zero_grad()
+    (-(log_w.mean(0)).mean()).backward()  # equal weights: the VAE's gradient, not the IWAE's
+    assert not all(close(a, p.grad) for a, p in zip(ours, model.parameters()))
+
+
+def test_output_bias_starts_the_decoder_at_the_mean_image():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=3, n_hidden=32)
+    mean = images(100).mean(0)
+    model.init_output_bias(mean)
+    bias = model.decoder.net[-1].bias
+    assert torch.allclose(torch.sigmoid(bias), mean.clamp(1e-3, 1 - 1e-3), atol=1e-6)
+
+
 @pytest.fixture(scope="module")
 def trained():
     """A small VAE trained for a few hundred steps on synthetic digits, and 200 test images."""
