@@ -6,9 +6,10 @@ Glossary
   PRR     "plot reproduced results": a grid of test images' reconstructions
   PMLR    "plot manifold learning results": the decoder over a grid of 2-D z, and where the test images lie
   PRS     "plot random samples": decodes of z drawn from the prior N(0, I)
-  -ELBO   training's loss: L_likelihood, -log p(x|z) (a negative log-likelihood), plus L_divergence,
-          KL(q(z|x) || p(z)). In metrics.csv it is *_loss = *_nll + *_divergence; evaluation.json's
-          test_log_likelihood is a log-likelihood, log p(x) >= that bound (a negative number).
+  -ELBO   training's loss: L_likelihood, the nll -log p(x|z), plus L_divergence, KL(q(z|x) || p(z))
+  likelihood  always a log-likelihood, log p (a negative number of nats); its negation is called nll:
+          metrics.csv's *_loss = *_nll + *_divergence, evaluation.json's test_log_likelihood = log p(x).
+          Only the printed L_likelihood keeps the original's label for the nll.
 """
 import os
 import signal
@@ -30,25 +31,25 @@ if __name__ == "__main__":  # torch and matplotlib take seconds to import: a Ctr
     for _s in EXIT_SIGNALS:
         signal.signal(_s, exit_at_once)
 
-import argparse  # noqa: E402  (after the early signal handlers, on purpose)
-import contextlib  # noqa: E402
-import csv  # noqa: E402
-import dataclasses  # noqa: E402
-import errno  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import time  # noqa: E402
-from typing import NamedTuple  # noqa: E402
+import argparse
+import contextlib
+import csv
+import dataclasses
+import errno
+import io
+import json
+import math
+import re
+import shlex
+import time
+from typing import NamedTuple
 
-import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import torch
+from tqdm import tqdm
 
-import mnist_data  # noqa: E402
-import plot_utils  # noqa: E402
-import vae  # noqa: E402
+import mnist_data
+import plot_utils
+import vae
 
 try:
     import fcntl
@@ -63,8 +64,10 @@ CHANGEABLE_FLAGS = {"learn_rate": 1e-3, "batch_size": 128, "precision": "fp32", 
                     "lr_min": 1e-5, "kl_warmup": 0, "iw_train": 1}
 OUTPUT_BIASES = ("zero", "mean")
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.manual_seed accepts
-METRICS = ("epoch", "train_loss", "train_likelihood", "train_divergence",
-           "test_loss", "test_likelihood", "test_divergence", "seconds")
+METRICS = ("epoch", "train_loss", "train_nll", "train_divergence", "test_loss", "test_nll", "test_divergence",
+           "seconds")
+# metrics.csv's and the history's names before the nll columns were called so (the same figures)
+RENAMED_METRICS = {"train_likelihood": "train_nll", "test_likelihood": "test_nll"}
 LONG_EVALUATION_S = 10  # an importance-weighted evaluation longer than this announces its time
 
 
@@ -72,15 +75,14 @@ def main(argv=None, script="run_main.py"):
     """Parse and validate, load, build or resume, train, evaluate; a failure is one line and an exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     with SIGNALS.caught():  # from here a signal stops the run at the next safe point, never mid-write
-        args, checkpoint = parse_args(argv)
-        run, folder = None, None
+        plan = parse_args(argv)
+        args, run, folder = plan.args, None, None
         try:
-            device = pick_device(args.device)
-            data = load_data(args, device)  # every check that can fail runs before the folder is touched
-            run = build_run(args, checkpoint, data, device)
+            data = load_data(plan)  # every check that can fail runs before the folder is touched
+            run = build_run(plan, data)
             SIGNALS.check()
             with results_folder(args.results_path, args.resume) as folder:
-                pictures = Pictures(args, data, folder)
+                pictures = Pictures(plan, data, folder)
                 pictures.save_inputs()
                 train(args, run, data, pictures)
                 if run.start == args.num_epochs:
@@ -195,11 +197,19 @@ def picture_grids(args):
             "PRS": Grid("PRS", args.PRS, args.PRS_n_img_x, args.PRS_n_img_y, args.PRS_resize_factor)}
 
 
+class Plan(NamedTuple):
+    """A validated command line: the flags, the checkpoint to resume (or None), the device, the picture grids."""
+    args: argparse.Namespace
+    checkpoint: dict
+    device: torch.device
+    grids: dict
+
+
 def parse_args(argv=None):
-    """Parse and validate the command line; returns (args, checkpoint or None). Bad values exit 2."""
+    """Parse, then validate the command line: the run's Plan. Bad values exit 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args, validate(parser, args)
+    return validate(parser, args)
 
 
 # ---- training, evaluation and saving
@@ -228,14 +238,14 @@ class Data(NamedTuple):
     test: TestSet
 
 
-def load_data(args, device):
-    """MNIST on device, the test inputs made noisy once (from a generator of --seed) with --add_noise; checks
-    the batch size and that the pictures have their test images."""
+def load_data(plan):
+    """MNIST on the device, the test inputs made noisy once (from a generator of --seed) with --add_noise;
+    checks the batch size and that the pictures have their test images."""
+    args, device = plan.args, plan.device
     mnist = mnist_data.load_mnist(args.data_dir, device, args.binarize)
     if mnist_data.num_batches(len(mnist.train_x), args.batch_size) == 0:
         raise RunError(f"--batch_size {args.batch_size} is larger than the {len(mnist.train_x)} training images", 2)
-    grids = picture_grids(args)
-    needed = max(grids["PRR"].count, args.PMLR_n_samples if args.PMLR else 0)
+    needed = max(plan.grids["PRR"].count, args.PMLR_n_samples if args.PMLR else 0)
     if needed > len(mnist.test_x):
         raise RunError(f"the plots need {needed} test images; {args.data_dir} has {len(mnist.test_x)}", 2)
     x_hat = mnist.test_x
@@ -244,8 +254,9 @@ def load_data(args, device):
     return Data(mnist.train_x, TestSet(mnist.test_x, x_hat, mnist.test_y))
 
 
-def build_run(args, checkpoint, data, device):
+def build_run(plan, data):
     """The model and Adam, new (seeded by --seed) or from the checkpoint with its random states."""
+    args, checkpoint, device = plan.args, plan.checkpoint, plan.device
     torch.manual_seed(args.seed)
     if checkpoint is None:
         model = vae.VAE(args.dim_z, args.n_hidden, args.keep_prob).to(device)
@@ -386,8 +397,9 @@ def duration(seconds):
 class Pictures:
     """The pictures' fixed inputs (test images, manifold grid, prior samples) and their drawing."""
 
-    def __init__(self, args, data, folder):
-        self.folder, self.grids, test = folder, picture_grids(args), data.test
+    def __init__(self, plan, data, folder):
+        args, test = plan.args, data.test
+        self.folder, self.grids = folder, plan.grids
         self.add_noise, device = args.add_noise, test.x.device
         n_prr = self.grids["PRR"].count
         self.x_prr, self.x_prr_hat = test.x[:n_prr], test.x_hat[:n_prr]
@@ -676,7 +688,7 @@ def fail(message, status):
 # ---- validation: every check that can fail on the command line, before any work
 
 def validate(parser, args):
-    """Fill in defaults or the checkpoint's flags and check every value; returns the checkpoint or None."""
+    """Fill in defaults or the checkpoint's flags and check every value; returns the run's Plan."""
     checkpoint = None
     if args.resume is not None:
         try:
@@ -737,7 +749,7 @@ def validate(parser, args):
     if args.precision == "bf16" and device.type == "cpu" and not vae.cpu_info()[1]:
         say("--precision bf16 on a CPU without AMX: its bf16 products are slower than fp32 here "
             "(bf16 pays on a GPU or a CPU with AMX)")
-    return checkpoint
+    return Plan(args, checkpoint, device, grids)
 
 
 def check_resume(parser, args, checkpoint):
@@ -752,6 +764,11 @@ def check_resume(parser, args, checkpoint):
     if not isinstance(before.get("num_epochs", 1), int):
         parser.error(f"--resume: {args.resume} is a damaged checkpoint (bad args num_epochs)")
     history = checkpoint["history"]
+    for row in history:
+        if isinstance(row, dict):
+            for old, new in RENAMED_METRICS.items():
+                if old in row:
+                    row[new] = row.pop(old)
     if len(history) != checkpoint["epoch"] or not all(
             isinstance(row, dict) and row.get("epoch") == i and all(
                 isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) for k in METRICS)

@@ -108,12 +108,12 @@ class VAE(nn.Module):
         return self.decoder(z), mu, sigma
 
     def loss(self, x_hat, x, k=1, kl_weight=1.0):
-        """The training objective and what it bounds, batch means: (objective, loss, -log-likelihood, KL).
+        """The training objective and what it bounds, batch means: (objective, loss, nll, KL).
 
         k = 1: the -ELBO, nll + KL, with the KL weighted by kl_weight in the objective (warm-up); loss is
         always the weight-1 -ELBO. k > 1: the IWAE bound -log (1/k) sum_k p(x, z_k) / q(z_k|x), one decoder
         pass over all k samples, gradients through the log-sum-exp; loss is that bound with weight 1, and
-        -log-likelihood the mean over the k samples.
+        nll the mean of -log p(x|z_k) over the k samples.
         """
         if k == 1:
             logits, mu, sigma = self(x_hat)
@@ -169,11 +169,11 @@ def as_rows(x):
 class Metrics(NamedTuple):
     """Mean figures over images, in nats, all with the KL's weight 1 (never the warm-up's objective).
 
-    loss is the -ELBO (= likelihood + divergence), or for the IWAE's K > 1 samples the bound -L_K, which is
-    at most the -ELBO likelihood + divergence of the same samples.
+    loss is the -ELBO (= nll + divergence), or for the IWAE's K > 1 samples the bound -L_K, which is at
+    most the -ELBO nll + divergence of the same samples.
     """
     loss: float
-    likelihood: float  # -log p(x|z), the original's L_likelihood
+    nll: float  # -log p(x|z), a negative log-likelihood: the original's L_likelihood
     divergence: float  # KL(q(z|x) || p(z)), the original's L_divergence
 
 
@@ -215,7 +215,8 @@ def learning_rate(epoch, num_epochs, learn_rate, lr_min, schedule):
     """Adam's rate in an epoch: constant, or cosine from learn_rate at epoch 0 to lr_min at the last epoch."""
     if schedule == "constant" or num_epochs <= 1:
         return learn_rate
-    return lr_min + 0.5 * (learn_rate - lr_min) * (1.0 + math.cos(math.pi * min(epoch, num_epochs - 1) / (num_epochs - 1)))
+    angle = math.pi * min(epoch, num_epochs - 1) / (num_epochs - 1)
+    return lr_min + 0.5 * (learn_rate - lr_min) * (1.0 + math.cos(angle))
 
 
 def kl_weights(epoch, steps, warmup_epochs):
@@ -377,7 +378,8 @@ def load_checkpoint(path):
         raise ValueError(f"{path} is an incomplete checkpoint (no {', '.join(missing)})")
     kinds = {"model_args": dict, "model": dict, "optimizer": dict, "epoch": int, "best_loss": (int, float),
              "history": list, "args": dict, "rng": dict}
-    wrong = [key for key, kind in kinds.items() if not isinstance(checkpoint[key], kind) or isinstance(checkpoint[key], bool)]
+    wrong = [key for key, kind in kinds.items()
+             if not isinstance(checkpoint[key], kind) or isinstance(checkpoint[key], bool)]
     cpu_rng = checkpoint["rng"].get("cpu") if not wrong else None
     if wrong or checkpoint["epoch"] < 0 or not is_rng_state(cpu_rng):
         raise ValueError(f"{path} is a damaged checkpoint (bad {', '.join(wrong) or 'epoch or rng'})")

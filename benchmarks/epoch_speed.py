@@ -93,8 +93,9 @@ def common_epoch(model, optimizer, loader, device):
 
 def gemm_floor(dim_z, n_hidden, batch_size, steps, device, dtype=torch.float32, repeats=3):
     """Seconds for one epoch's matrix products only: every layer's forward, weight-gradient and input-gradient GEMM."""
-    layers = [(784, n_hidden), (n_hidden, n_hidden), (n_hidden, 2 * dim_z),
-              (dim_z, n_hidden), (n_hidden, n_hidden), (n_hidden, 784)]
+    with torch.device("meta"):  # the model's own layer shapes, encoder then decoder
+        layers = [(m.in_features, m.out_features) for m in vae.VAE(dim_z, n_hidden).modules()
+                  if isinstance(m, nn.Linear)]
     products = []
     for i, (n_in, n_out) in enumerate(layers):
         x, w, dy = (torch.randn(*s, device=device, dtype=dtype)
@@ -102,7 +103,7 @@ def gemm_floor(dim_z, n_hidden, batch_size, steps, device, dtype=torch.float32, 
         empty = lambda *shape: torch.empty(*shape, device=device, dtype=dtype)  # noqa: E731
         products.append((x, w.t(), empty(batch_size, n_out)))        # y = x W^T
         products.append((dy.t(), x, empty(n_out, n_in)))             # dW = dy^T x
-        if i != 0:                                                   # no dx for the images
+        if i != 0:                                                   # no dx for the images (layer 0)
             products.append((dy, w, empty(batch_size, n_in)))        # dx = dy W
     best = float("inf")
     for _ in range(repeats):
@@ -188,9 +189,10 @@ def main():
     median = {name: statistics.median(t) for name, t in times.items()}
     ours_s, bf16_s, common_s = median["ours"], median["ours bf16"], median["common"]
     f32_floor, bf16_floor = floor[torch.float32], floor[torch.bfloat16]
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
+    cpu, amx = vae.cpu_info()
+    cpu = platform.processor() if cpu == "unknown" else cpu
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
+             f"{cpu}, {'with' if amx else 'without'} AMX, {torch.get_num_threads()} threads")
     print()
     print(f"device: {device.type} ({where}); torch {torch.__version__}; "
           f"data: {'MNIST ' + args.data_dir if args.data_dir else 'random, MNIST shape'}")
@@ -210,7 +212,8 @@ def main():
     print(f"ours / common: {ours_s / common_s:.2f}   ours / floor: {ours_s / f32_floor:.2f}   "
           f"test -ELBO ours - common: {test['ours'] - test['common']:+.2f} nats")
     print(f"bf16 / fp32: {bf16_s / ours_s:.2f}   bf16 / common: {bf16_s / common_s:.2f}   "
-          f"bf16 / bf16 floor: {bf16_s / bf16_floor:.2f}   test -ELBO bf16 - fp32: {test['ours bf16'] - test['ours']:+.2f} nats")
+          f"bf16 / bf16 floor: {bf16_s / bf16_floor:.2f}   "
+          f"test -ELBO bf16 - fp32: {test['ours bf16'] - test['ours']:+.2f} nats")
     print(f"peak RSS: this benchmark {bench_rss:.0f} MB; run_main.py --dim_z 20 ({args.memory_epochs} epochs, "
           f"with evaluation and plots) {run_rss:.0f} MB")
 

@@ -77,6 +77,20 @@ def test_too_few_training_images_is_clear(tmp_path):
         mnist_data.load_mnist(data_dir, torch.device("cpu"))
 
 
+def test_test_files_with_no_images_are_named(tmp_path):
+    data_dir = write_mnist(tmp_path, n_test=0)
+    with pytest.raises(mnist_data.MNISTError, match="t10k-images-idx3-ubyte holds no images"):
+        mnist_data.load_mnist(data_dir, torch.device("cpu"))
+
+
+def test_a_mistyped_data_dir_leaves_no_empty_folders(tmp_path, no_download):
+    (tmp_path / "exists").mkdir()
+    for data_dir in (tmp_path / "typo", tmp_path / "exists"):
+        with pytest.raises(mnist_data.MNISTError):
+            mnist_data.load_mnist(str(data_dir), torch.device("cpu"))
+    assert sorted(os.listdir(tmp_path)) == ["exists"] and os.listdir(tmp_path / "exists") == []
+
+
 def test_salt_and_pepper_is_the_originals_unclamped_masks():
     n = 200_000
     g = torch.Generator().manual_seed(0)

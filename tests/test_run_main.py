@@ -136,8 +136,10 @@ def saved_epoch(results):
 # flags and usage errors
 
 def test_defaults_are_the_seeds_plus_the_new_flags():
-    args, checkpoint = run_main.parse_args([])
-    assert checkpoint is None
+    args, checkpoint, device, grids = run_main.parse_args([])
+    assert checkpoint is None and device == run_main.pick_device("auto")
+    assert grids["PRR"] == run_main.Grid("PRR", True, 10, 10, 1.0) and grids["PRR"].count == 100
+    assert grids["PMLR"].count == 0 and grids["PRS"].count == 0
     assert vars(args) == {**SEED_DEFAULTS, **NEW_DEFAULTS}
 
 
@@ -168,7 +170,7 @@ def test_results_path_that_is_a_file(capsys, tmp_path):
                                         ("False", False), ("false", False), ("no", False), ("0", False)])
 @pytest.mark.parametrize("flag", ["add_noise", "PRR", "PMLR", "PRS", "binarize"])
 def test_boolean_spellings(flag, text, value):
-    args, _ = run_main.parse_args([f"--{flag}", text, "--dim_z", "2"])
+    args = run_main.parse_args([f"--{flag}", text, "--dim_z", "2"]).args
     assert getattr(args, flag) is value
 
 
@@ -216,7 +218,7 @@ def test_end_to_end_writes_every_file(first_run):
     assert list(rows[0]) == list(run_main.METRICS)
     assert [row["epoch"] for row in rows] == ["0", "1"]
     assert float(rows[1]["test_loss"]) == pytest.approx(
-        float(rows[1]["test_likelihood"]) + float(rows[1]["test_divergence"]), abs=1e-3)
+        float(rows[1]["test_nll"]) + float(rows[1]["test_divergence"]), abs=1e-3)
     checkpoint = torch.load(os.path.join(results, "checkpoint.pt"), weights_only=True)
     assert checkpoint["epoch"] == 2 and checkpoint["model_args"] == {"dim_z": 2, "n_hidden": 64, "keep_prob": 0.9}
     assert not any(name.endswith(".tmp") for name in os.listdir(results))
@@ -243,7 +245,8 @@ def test_noisy_input_picture_is_stretched_from_its_minimum_to_its_maximum(first_
 
 def test_prior_samples_are_the_same_z_every_epoch_and_leave_training_alone(first_run, mnist_dir, tmp_path):
     results, _ = first_run
-    again = run(*DENOISING_2D, "--num_epochs", "2", *FAST, "--data_dir", mnist_dir, "--results_path", tmp_path / "again")
+    again = run(*DENOISING_2D, "--num_epochs", "2", *FAST, "--data_dir", mnist_dir,
+                "--results_path", tmp_path / "again")
     assert again.status == 0, again.stderr
     assert without_seconds(metrics(tmp_path / "again")) == without_seconds(metrics(results))  # --PRS True or not
     assert not any(name.startswith("PRS_") for name in os.listdir(tmp_path / "again"))
@@ -294,7 +297,7 @@ def test_resume_refuses_other_data_or_model_and_prints_changed_rates(first_run, 
                         ("--dim_z", "3"), ("--n_hidden", "500")):
         err = usage_error(capsys, ["--resume", good, flag, value])
         assert f"{flag} {value if flag != '--add_noise' else False}" in err and "differs from the checkpoint's" in err
-    args, _ = run_main.parse_args(["--resume", good, "--add_noise", "True", "--num_epochs", "3"])
+    args = run_main.parse_args(["--resume", good, "--add_noise", "True", "--num_epochs", "3"]).args
     assert (args.add_noise, args.binarize, args.keep_prob, args.dim_z) == (True, False, 0.9, 2)
     copy = tmp_path / "results"
     shutil.copytree(results, copy)
@@ -334,14 +337,15 @@ def test_bad_checkpoints_are_one_line_usage_errors(first_run, tmp_path, capsys):
     torch.save(torch.nn.Linear(2, 2), paths["pickled"])
     torch.save({"format": vae.CHECKPOINT_FORMAT}, paths["format_only"])
     cases = [(["--resume", str(paths["truncated"])], "corrupt"), (["--resume", str(paths["garbage"])], "corrupt"),
-             (["--resume", str(paths["foreign"])], "not a checkpoint"), (["--resume", str(paths["pickled"])], "corrupt"),
+             (["--resume", str(paths["foreign"])], "not a checkpoint"),
+             (["--resume", str(paths["pickled"])], "corrupt"),
              (["--resume", str(paths["format_only"])], "incomplete checkpoint"),
              (["--resume", good, "--dim_z", "3"], "--dim_z 3 differs"),
              (["--resume", good, "--num_epochs", "1"], "fewer than the 2 epochs")]
     for argv, needle in cases:
         err = usage_error(capsys, argv)
         assert needle in err and err.count("\n") == 1, (argv, err)
-    args, checkpoint = run_main.parse_args(["--resume", good, "--dim_z", "2"])
+    args, checkpoint, _, _ = run_main.parse_args(["--resume", good, "--dim_z", "2"])
     assert (args.dim_z, args.n_hidden, checkpoint["epoch"], args.results_path) == (2, 64, 2, results)
 
 
@@ -373,7 +377,8 @@ def test_a_fresh_run_moves_an_earlier_run_aside(first_run, mnist_dir, tmp_path):
         assert f"moved the earlier run's {len(earlier) if n == 1 else 5} files in {folder} to " \
                f"{folder / f'previous_run_{n}'}" in done.stdout
     assert sorted(os.listdir(folder / "previous_run_1")) == earlier
-    assert (folder / "previous_run_1" / "checkpoint.pt").read_bytes() == open(os.path.join(results, "checkpoint.pt"), "rb").read()
+    with open(os.path.join(results, "checkpoint.pt"), "rb") as f:
+        assert (folder / "previous_run_1" / "checkpoint.pt").read_bytes() == f.read()
     assert sorted(os.listdir(folder / "previous_run_2")) == ["PRR_epoch_00.jpg", "checkpoint.pt", "input.jpg",
                                                               "loss.png", "metrics.csv"]
     assert [r["epoch"] for r in metrics(folder)] == ["0"] and saved_epoch(folder) == 1
@@ -447,7 +452,7 @@ def test_binarized_run_saves_its_flags_and_resume_keeps_them(mnist_dir, tmp_path
         assert set(np.unique(np.asarray(img))) <= set(range(0, 40)) | set(range(215, 256))
     err = usage_error(capsys, ["--resume", str(folder / "checkpoint.pt"), "--binarize", "False"])
     assert "--binarize False differs from the checkpoint's True" in err
-    args, _ = run_main.parse_args(["--resume", str(folder / "checkpoint.pt"), "--num_epochs", "2"])
+    args = run_main.parse_args(["--resume", str(folder / "checkpoint.pt"), "--num_epochs", "2"]).args
     assert args.binarize is True and args.keep_prob == 1.0
 
 
@@ -477,7 +482,7 @@ def test_bf16_run_trains_in_bf16_and_evaluates_in_fp32(mnist_dir, tmp_path, monk
 
 # real processes: signals and the terminal
 
-@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_signals_stop_between_batches_and_keep_the_checkpoint(mnist_dir, tmp_path, signum, status):
     results = tmp_path / "results"
     script = os.path.join(ROOT, "run_main.py")
@@ -524,3 +529,337 @@ def test_progress_bars_only_on_a_terminal(mnist_dir, tmp_path):
     assert child.returncode == 0
     assert re.search(rb"epoch 0: +\d+%\|.*\| \d/4 \[", shown), shown  # tqdm's bar over the 4 batches
     assert re.search(rb"test log p\(x\), K=2000: +\d+%\|.*\| \d+/200 \[", shown), shown  # and over the test images
+
+
+# training options: schedule, warm-up, IWAE (issue: literature-grade likelihood in one command)
+
+# metrics.csv of `--num_epochs 3 --PRR False --iw_samples 5` + FAST on the synthetic data, made by the code
+# before the training options existed (commit fd7f9ab): a default run must still give these numbers
+BEFORE_OPTIONS = [
+    [652.852173, 642.792847, 10.059309, 600.725037, 587.633606, 13.091404],
+    [609.809448, 594.436584, 15.372868, 565.801636, 548.865173, 16.936489],
+    [577.768311, 558.898254, 18.870049, 534.335632, 514.720337, 19.615316],
+]
+BEFORE_OPTIONS_LOG_PX = -529.9668676757813
+
+
+def test_a_default_run_gives_the_numbers_it_gave_before_the_training_options(mnist_dir, tmp_path):
+    done = run("--num_epochs", "3", "--PRR", "False", "--iw_samples", "5", *FAST, "--data_dir", mnist_dir,
+               "--results_path", tmp_path)
+    assert done.status == 0, done.stderr
+    figures = [[float(row[k]) for k in run_main.METRICS[1:-1]] for row in metrics(tmp_path)]
+    assert figures == [pytest.approx(row, rel=1e-5) for row in BEFORE_OPTIONS]
+    log_px = json.loads((tmp_path / "evaluation.json").read_text())["test_log_likelihood"]
+    assert log_px == pytest.approx(BEFORE_OPTIONS_LOG_PX, rel=1e-5)
+
+
+OPTIONS = ["--lr_schedule", "cosine", "--lr_min", "1e-4", "--learn_rate", "3e-3", "--kl_warmup", "2",
+           "--iw_train", "3", "--output_bias", "mean", "--dim_z", "3", "--PRR", "False", *FAST]
+
+
+def weights(folder):
+    return torch.load(os.path.join(folder, "checkpoint.pt"), weights_only=True)["model"]
+
+
+def test_a_run_with_the_options_stopped_and_resumed_equals_an_uninterrupted_one(mnist_dir, tmp_path, monkeypatch):
+    straight = run(*OPTIONS, "--num_epochs", "4", "--data_dir", mnist_dir, "--results_path", tmp_path / "straight")
+    assert straight.status == 0, straight.stderr
+    line = r"^epoch 0: -L_3 [\d.]+ L_likelihood [\d.]+ L_divergence [\d.]+ \| test L_tot .* \| lr 3\.00e-03 \|"
+    assert re.search(line, straight.stdout, re.M), straight.stdout
+    real_save = run_main.save_epoch
+
+    def save_then_interrupt(args, run_, *rest):
+        real_save(args, run_, *rest)
+        if run_.epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after epoch 1 is saved: heard at epoch 2's first batch
+    monkeypatch.setattr(run_main, "save_epoch", save_then_interrupt)
+    stopped = run(*OPTIONS, "--num_epochs", "4", "--data_dir", mnist_dir, "--results_path", tmp_path / "resumed")
+    one_line_error(stopped, 130, "interrupted in epoch 2")
+    monkeypatch.setattr(run_main, "save_epoch", real_save)
+    resumed = run("--num_epochs", "4", *FAST, "--PRR", "False", "--data_dir", mnist_dir,
+                  "--resume", tmp_path / "resumed" / "checkpoint.pt")  # the options come from the checkpoint
+    assert resumed.status == 0, resumed.stderr
+    assert "is now" not in resumed.stdout
+    assert without_seconds(metrics(tmp_path / "resumed")) == without_seconds(metrics(tmp_path / "straight"))
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_rate_and_the_warmup_weights_reach_each_epoch(mnist_dir, tmp_path, monkeypatch):
+    seen = []
+    real_epoch = vae.train_epoch
+
+    def spy(model, optimizer, batches, precision, k, kl_weight, **kwargs):
+        seen.append((optimizer.param_groups[0]["lr"], k, list(kl_weight)))
+        return real_epoch(model, optimizer, batches, precision, k, kl_weight, **kwargs)
+    monkeypatch.setattr(vae, "train_epoch", spy)
+    done = run(*OPTIONS, "--num_epochs", "3", "--data_dir", mnist_dir, "--results_path", tmp_path)
+    assert done.status == 0, done.stderr
+    assert [lr for lr, _, _ in seen] == pytest.approx([3e-3, (3e-3 + 1e-4) / 2, 1e-4])
+    assert {k for _, k, _ in seen} == {3}
+    assert [w for _, _, w in seen] == [[0.0, 0.125, 0.25, 0.375], [0.5, 0.625, 0.75, 0.875], [1.0] * 4]
+
+
+def test_a_resumed_run_keeps_the_checkpoints_training_flags(mnist_dir, tmp_path):
+    done = run(*OPTIONS, "--precision", "bf16", "--batch_size", "32", "--num_epochs", "1", "--data_dir", mnist_dir,
+               "--results_path", tmp_path)
+    assert done.status == 0, done.stderr
+    checkpoint = str(tmp_path / "checkpoint.pt")
+    args = run_main.parse_args(["--resume", checkpoint, "--num_epochs", "2"]).args
+    assert (args.learn_rate, args.batch_size, args.precision, args.lr_schedule, args.lr_min, args.kl_warmup,
+            args.iw_train, args.output_bias) == (3e-3, 32, "bf16", "cosine", 1e-4, 2, 3, "mean")
+    again = run("--num_epochs", "3", "--iw_train", "2", "--kl_warmup", "2", "--PRR", "False", "--data_dir", mnist_dir,
+                "--resume", checkpoint)
+    assert again.status == 0, again.stderr
+    assert "--iw_train is now 2 (the checkpoint's run used 3)" in again.stdout
+    assert "--kl_warmup" not in again.stdout  # given, but the same
+    assert ("the cosine schedule now runs over 3 epochs (the checkpoint's run planned 1): epoch 1 trains at 0.00155 "
+            "where it would have at 0.003") in again.stdout
+
+
+# trust: the results folder, checkpoints, signals and messages (issue: trust)
+
+def test_resuming_a_backup_branches_and_keeps_the_folders_newer_run(mnist_dir, tmp_path):
+    folder = tmp_path / "R"
+    base = ["--PRR", "True", *FAST, "--data_dir", mnist_dir]
+    assert run(*base, "--num_epochs", "2", "--results_path", folder).status == 0
+    shutil.copy(folder / "checkpoint.pt", folder / "epoch2_backup.pt")
+    assert run(*base, "--num_epochs", "4", "--resume", folder / "checkpoint.pt").status == 0
+    newer = (folder / "checkpoint.pt").read_bytes()
+    branch = run(*base, "--num_epochs", "3", "--resume", folder / "epoch2_backup.pt")
+    assert branch.status == 0, branch.stderr
+    assert "moved the earlier run's" in branch.stdout
+    aside = folder / "previous_run_1"
+    assert (aside / "checkpoint.pt").read_bytes() == newer  # the 4-epoch run is whole, beside the branch
+    assert [r["epoch"] for r in metrics(aside)] == ["0", "1", "2", "3"]
+    assert os.path.exists(aside / "PRR_epoch_03.jpg") and not os.path.exists(folder / "PRR_epoch_03.jpg")
+    assert [r["epoch"] for r in metrics(folder)] == ["0", "1", "2"] and saved_epoch(folder) == 3
+    assert (folder / "epoch2_backup.pt").exists()  # the user's file stays where it was
+
+
+def test_resuming_a_link_to_another_folders_checkpoint_branches(mnist_dir, tmp_path, monkeypatch):
+    base = ["--PRR", "False", *FAST, "--data_dir", mnist_dir]
+    a, b = tmp_path / "A", tmp_path / "B"
+    assert run(*base, "--num_epochs", "2", "--results_path", a).status == 0
+    assert run(*base, "--num_epochs", "1", "--dim_z", "3", "--results_path", b).status == 0
+    a_checkpoint, b_checkpoint = (a / "checkpoint.pt").read_bytes(), (b / "checkpoint.pt").read_bytes()
+    os.symlink("../A/checkpoint.pt", b / "from_A.pt")
+    monkeypatch.chdir(b)
+    done = run(*base, "--num_epochs", "3", "--resume", "from_A.pt")
+    assert done.status == 0, done.stderr
+    assert (b / "previous_run_1" / "checkpoint.pt").read_bytes() == b_checkpoint  # B's own run, moved aside
+    assert saved_epoch(b) == 3 and (a / "checkpoint.pt").read_bytes() == a_checkpoint
+    os.symlink("checkpoint.pt", b / "own.pt")  # a link to the folder's own checkpoint continues in place
+    done = run(*base, "--num_epochs", "4", "--resume", "own.pt")
+    assert done.status == 0 and "moved" not in done.stdout and not (b / "previous_run_2").exists()
+    assert saved_epoch(b) == 4
+
+
+@pytest.fixture(scope="module")
+def small_run(mnist_dir, tmp_path_factory):
+    """One epoch of the default model shape (FAST), its folder and checkpoint."""
+    folder = tmp_path_factory.mktemp("small") / "R"
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    assert done.status == 0, done.stderr
+    return folder
+
+
+def tampered(small_run, tmp_path, change):
+    """A copy of small_run's checkpoint, changed by change(checkpoint), in its own folder."""
+    checkpoint = torch.load(small_run / "checkpoint.pt", weights_only=True)
+    change(checkpoint)
+    path = tmp_path / "X" / "checkpoint.pt"
+    path.parent.mkdir(exist_ok=True)
+    torch.save(checkpoint, path)
+    return path
+
+
+def one_element_moments(checkpoint):
+    for v in checkpoint["optimizer"]["state"].values():
+        v["exp_avg"], v["exp_avg_sq"] = torch.zeros(1), torch.zeros(1)
+
+
+def test_a_crafted_optimizer_state_is_a_usage_error_not_a_crash(small_run, mnist_dir, tmp_path):
+    path = tampered(small_run, tmp_path, one_element_moments)
+    done = run("--num_epochs", "3", "--data_dir", mnist_dir, "--resume", path)
+    one_line_error(done, 2, "optimizer state does not fit its model")
+
+
+def test_a_crafted_optimizer_state_never_reaches_fused_adam_in_a_real_process(small_run, mnist_dir, tmp_path):
+    path = tampered(small_run, tmp_path, one_element_moments)
+    done = run_cli("--num_epochs", "3", *FAST, "--data_dir", mnist_dir, "--resume", path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, (done.returncode, done.stderr)  # was: SIGSEGV
+
+
+def set_in(*keys, value):
+    def change(checkpoint):
+        target = checkpoint
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value
+    return change
+
+
+TAMPERED = {
+    "keep_prob '0.5'": (set_in("model_args", "keep_prob", value="0.5"), "invalid model arguments"),
+    "keep_prob None": (set_in("model_args", "keep_prob", value=None), "invalid model arguments"),
+    "keep_prob list": (set_in("model_args", "keep_prob", value=[0.5]), "invalid model arguments"),
+    "rng short": (set_in("rng", "cpu", value=torch.zeros(10, dtype=torch.uint8)), "damaged checkpoint"),
+    "rng float": (lambda c: c["rng"].update(cpu=c["rng"]["cpu"].float()), "damaged checkpoint"),
+    "history strings": (set_in("history", value=["epoch 0"]), "bad history"),
+    "history missing key": (lambda c: c["history"][0].pop("test_loss"), "bad history"),
+    "learn_rate text": (set_in("args", "learn_rate", value="fast"), "bad args learn_rate"),
+    "precision unknown": (set_in("args", "precision", value="fp8"), "--precision must be one of"),
+    "batch_size float": (set_in("args", "batch_size", value=64.0), "bad args batch_size"),
+}
+
+
+@pytest.mark.parametrize("damage", list(TAMPERED))
+def test_tampered_loadable_checkpoints_are_usage_errors_at_load(small_run, tmp_path, capsys, damage):
+    change, needle = TAMPERED[damage]
+    path = tampered(small_run, tmp_path, change)
+    err = usage_error(capsys, ["--resume", str(path), "--num_epochs", "2"])
+    assert needle in err and err.count("\n") == 1, err
+
+
+def test_a_non_finite_test_loss_stops_the_run_and_saves_nothing_diverged(mnist_dir, tmp_path):
+    done = run("--batch_size", "256", "--n_hidden", "64", "--num_epochs", "2", "--learn_rate", "1e30",
+               "--iw_samples", "2", "--data_dir", mnist_dir, "--results_path", tmp_path)
+    one_line_error(done, 1, "non-finite")
+    assert "no epoch finished" in done.stderr
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "evaluation.json").exists()
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_a_usage_error_found_with_the_data_leaves_the_folder_as_it_was(small_run, mnist_dir, tmp_path):
+    folder = tmp_path / "R"
+    shutil.copytree(small_run, folder)
+    before = sorted(os.listdir(folder))
+    done = run("--num_epochs", "3", "--batch_size", "60000", "--data_dir", mnist_dir, "--results_path", folder)
+    one_line_error(done, 2, "--batch_size 60000 is larger than")
+    assert sorted(os.listdir(folder)) == before
+    crafted = tampered(small_run, tmp_path, one_element_moments)
+    done = run("--num_epochs", "3", "--data_dir", mnist_dir, "--resume", crafted, "--results_path", folder)
+    one_line_error(done, 2, "optimizer state")
+    assert sorted(os.listdir(folder)) == before
+
+
+def test_moving_an_earlier_run_is_all_or_nothing(small_run, mnist_dir, tmp_path, monkeypatch):
+    folder = tmp_path / "R"
+    shutil.copytree(small_run, folder)
+    before = sorted(os.listdir(folder))
+    real_replace, calls = os.replace, []
+
+    def failing_third(src, dst):
+        calls.append(src)
+        if len(calls) == 3 and "previous_run_1" in str(dst):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", failing_third)
+    done = run("--num_epochs", "1", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    one_line_error(done, 1, "cannot tidy --results_path")
+    assert sorted(os.listdir(folder)) == before  # all back in place, no half-filled previous_run_1
+    calls.clear()
+
+    def interrupting(src, dst):  # Ctrl-C while the earlier run is being moved
+        if not calls:
+            os.kill(os.getpid(), signal.SIGINT)
+        calls.append(src)
+        return real_replace(src, dst)
+    monkeypatch.setattr(os, "replace", interrupting)
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    one_line_error(done, 130, "interrupted")
+    assert sorted(os.listdir(folder / "previous_run_1")) == [n for n in before if run_main.is_output(n)]
+
+
+def test_only_the_runs_own_names_are_moved_aside(small_run, mnist_dir, tmp_path):
+    folder = tmp_path / "R"
+    shutil.copytree(small_run, folder)
+    for mine in ("input_vacation.jpg", "PRR_epoch_best.jpg", "metrics.csv.bak", "checkpoint.pt.old"):
+        (folder / mine).write_text("mine")
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    assert done.status == 0, done.stderr
+    for mine in ("input_vacation.jpg", "PRR_epoch_best.jpg", "metrics.csv.bak", "checkpoint.pt.old"):
+        assert (folder / mine).read_text() == "mine"
+    assert run_main.is_output("PRR_epoch_07.jpg") and run_main.is_output("PMLR_map_epoch_123.jpg")
+    assert not run_main.is_output("input_vacation.jpg") and not run_main.is_output("PRR_epoch_7.jpg")
+
+
+def test_a_lock_file_that_is_a_link_is_not_followed(mnist_dir, tmp_path):
+    folder = tmp_path / "R"
+    folder.mkdir()
+    os.symlink(tmp_path / "elsewhere", folder / run_main.LOCK_NAME)
+    done = run("--num_epochs", "1", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    one_line_error(done, 1, f"{run_main.LOCK_NAME} in it is a symbolic link")
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_an_evaluation_announces_its_time_and_stops_on_a_signal(small_run, mnist_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(run_main, "LONG_EVALUATION_S", 0)
+    done = run("--num_epochs", "1", "--PRR", "False", "--iw_samples", "3", *FAST, "--data_dir", mnist_dir,
+               "--results_path", tmp_path)
+    assert re.search(r"^test log p\(x\) with K=3 on 200 images: about \d+ s$", done.stdout, re.M), done.stdout
+    real = vae.iw_log_likelihood
+
+    def signalled(*args, on_chunk=None, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, on_chunk=on_chunk, **kwargs)
+    monkeypatch.setattr(vae, "iw_log_likelihood", signalled)
+    done = run("--num_epochs", "1", "--PRR", "False", "--iw_samples", "1000000000", *FAST, "--data_dir", mnist_dir,
+               "--resume", small_run / "checkpoint.pt", "--results_path", tmp_path / "eval")
+    one_line_error(done, 143, "interrupted in the final evaluation")
+
+
+def test_messages_say_what_is_wrong(capsys, monkeypatch):
+    err = usage_error(capsys, ["--keep_prob", "1e-40"])
+    assert "--keep_prob must be from 0.001 to 1" in err
+    monkeypatch.setattr(run_main, "available_memory", lambda device: 4 * 10**9)
+    err = usage_error(capsys, ["--batch_size", "10000000", "--n_hidden", "50"])
+    assert "a batch of --batch_size 10000000 needs about" in err
+    err = usage_error(capsys, ["--batch_size", "100000", "--iw_train", "50", "--n_hidden", "50"])
+    assert "a batch of --batch_size 100000 x --iw_train 50 samples needs" in err
+    err = usage_error(capsys, ["--n_hidden", "100000"])
+    assert "the model (--n_hidden 100000, --dim_z 20) needs" in err
+
+
+def test_bf16_on_a_cpu_without_amx_says_so(capsys, monkeypatch):
+    monkeypatch.setattr(run_main, "pick_device", lambda name: torch.device("cpu"))
+    monkeypatch.setattr(vae, "cpu_info", lambda: ("a CPU", False))
+    run_main.parse_args(["--precision", "bf16"])
+    assert "--precision bf16 on a CPU without AMX" in capsys.readouterr().out
+    monkeypatch.setattr(vae, "cpu_info", lambda: ("a CPU", True))
+    run_main.parse_args(["--precision", "bf16"])
+    assert capsys.readouterr().out == ""
+
+
+def test_a_full_standard_output_costs_one_line_and_never_the_run(mnist_dir, tmp_path):
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, os.path.join(ROOT, "run_main.py"), "--num_epochs", "2", "--PRR", "False",
+                               *FAST, "--data_dir", mnist_dir, "--results_path", tmp_path],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("\n") == 1 and "cannot write to standard output" in done.stderr, done.stderr
+    assert saved_epoch(tmp_path) == 2 and len(metrics(tmp_path)) == 2
+
+
+def test_ctrl_c_while_starting_is_one_line(mnist_dir, tmp_path):
+    child = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_main.py"), "--num_epochs", "1", *FAST,
+                              "--data_dir", mnist_dir, "--results_path", tmp_path / "R"],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # torch is still importing: seconds on this machine
+    child.send_signal(signal.SIGINT)
+    stdout, stderr = child.communicate(timeout=60)
+    assert child.returncode == 130, stderr
+    assert stderr.startswith("run_main.py: error: interrupted") and stderr.count("\n") == 1, stderr
+    assert not (tmp_path / "R" / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_with_the_older_column_names_resumes(small_run, mnist_dir, tmp_path):
+    def older(checkpoint):
+        for row in checkpoint["history"]:
+            row["train_likelihood"], row["test_likelihood"] = row.pop("train_nll"), row.pop("test_nll")
+    path = tampered(small_run, tmp_path, older)
+    done = run("--num_epochs", "2", "--PRR", "False", "--data_dir", mnist_dir, "--resume", path)
+    assert done.status == 0, done.stderr
+    rows = metrics(path.parent)
+    assert list(rows[0]) == list(run_main.METRICS) and all(row["test_nll"] for row in rows) and len(rows) == 2

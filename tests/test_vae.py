@@ -143,9 +143,10 @@ def test_train_epoch_averages_and_stops_when_asked():
     mean = vae.train_epoch(model, optimizer, [(x, x)] * 3, on_step=steps.append)
     assert len(steps) == 3 and isinstance(mean, vae.Metrics)
     assert mean.loss == pytest.approx(torch.stack(steps).mean().item(), rel=1e-6)
-    assert mean.loss == pytest.approx(mean.likelihood + mean.divergence, rel=1e-5)
+    assert mean.loss == pytest.approx(mean.nll + mean.divergence, rel=1e-5)
     calls = []
-    assert vae.train_epoch(model, optimizer, [(x, x)] * 3, should_stop=lambda: calls.append(1) or len(calls) > 2) is None
+    stop = lambda: calls.append(1) or len(calls) > 2  # noqa: E731
+    assert vae.train_epoch(model, optimizer, [(x, x)] * 3, should_stop=stop) is None
     assert len(calls) == 3  # asked before each batch; stopped before the third
 
 
@@ -190,7 +191,7 @@ def test_warmup_trains_on_the_weighted_kl_and_reports_the_weight_one_elbo():
     model.zero_grad()
     logits, _, _ = model(x)
     vae.neg_log_likelihood(logits, x).mean().backward()
-    assert all(torch.allclose(a, p.grad) for a, p in zip(no_kl, model.parameters()))
+    assert all(torch.allclose(a, p.grad) for a, p in zip(no_kl, model.parameters(), strict=True))
 
 
 def test_iw_train_1_is_exactly_the_vae_loss():
@@ -254,17 +255,17 @@ def test_iwae_gradient_matches_an_independent_computation():
     reference = independent_iwae_loss(model, x, eps)
     reference.backward()
     assert objective.item() == pytest.approx(reference.item(), rel=1e-5)
-    assert all(close(a, p.grad) for a, p in zip(ours, model.parameters()))
+    assert all(close(a, p.grad) for a, p in zip(ours, model.parameters(), strict=True))
     # the weights are not detached: detaching them (a known bug) gives another gradient
     model.zero_grad()
     mu, sigma = model.encoder(x)
     log_px_z, log_prior_ratio = vae.log_weights(model.decoder, x, mu, sigma, eps)
     log_w = log_px_z + log_prior_ratio
     (-(torch.softmax(log_w, 0).detach() * log_w).sum(0).mean()).backward(retain_graph=True)  # by hand
-    assert all(close(a, p.grad) for a, p in zip(ours, model.parameters()))
+    assert all(close(a, p.grad) for a, p in zip(ours, model.parameters(), strict=True))
     model.zero_grad()
     (-(log_w.mean(0)).mean()).backward()  # equal weights: the VAE's gradient, not the IWAE's
-    assert not all(close(a, p.grad) for a, p in zip(ours, model.parameters()))
+    assert not all(close(a, p.grad) for a, p in zip(ours, model.parameters(), strict=True))
 
 
 def test_output_bias_starts_the_decoder_at_the_mean_image():
@@ -448,3 +449,123 @@ def test_the_readmes_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     exec(compile(readme_snippet(), "README.md", "exec"), {})
     shapes = capsys.readouterr().out.strip()
     assert shapes == f"torch.Size([16, 784]) torch.Size([{N_TEST}, 3]) torch.Size([8, 784])"
+
+
+# trust: crafted checkpoints, long evaluations, the API's inputs
+
+def test_float64_images_are_accepted_as_float32():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=2, n_hidden=16).eval()
+    x = images(3)
+    assert torch.equal(model.encode(x.double())[0], model.encode(x)[0])
+    assert model.reconstruct(x.double()).dtype == torch.float32
+
+
+def test_load_of_a_folder_says_it_is_a_folder(tmp_path):
+    with pytest.raises(ValueError, match="is a folder; give the checkpoint file in it"):
+        vae.load(tmp_path)
+
+
+def test_a_checkpoint_claiming_a_huge_model_is_refused_before_building_it(tmp_path):
+    state = torch.load(checkpoint_file(tmp_path, vae.VAE(2, 8)), weights_only=True)
+    state["model_args"]["n_hidden"] = 10**6  # 10^12 weights a layer: terabytes if it were built
+    torch.save(state, tmp_path / "bomb.pt")
+    built = []
+    original_init = vae.VAE.__init__
+
+    def counting_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        built.append(next(self.parameters()).device.type)
+    vae.VAE.__init__ = counting_init
+    try:
+        with pytest.raises(ValueError, match="do not fit its model arguments"):
+            vae.load(tmp_path / "bomb.pt")
+    finally:
+        vae.VAE.__init__ = original_init
+    assert built == ["meta"]  # only the shapes were made
+
+
+@pytest.mark.parametrize("damage", ["keep_prob '0.5'", "keep_prob None", "keep_prob list", "keep_prob tiny",
+                                    "dim_z True", "rng size", "rng dtype", "best_loss bool"])
+def test_tampered_fields_are_refused_at_load(tmp_path, damage):
+    state = torch.load(checkpoint_file(tmp_path, vae.VAE(2, 8)), weights_only=True)
+    field, value = damage.split(" ", 1)
+    if field == "keep_prob":
+        state["model_args"]["keep_prob"] = {"'0.5'": "0.5", "None": None, "list": [0.5], "tiny": 1e-40}[value]
+    elif field == "dim_z":
+        state["model_args"]["dim_z"] = True
+    elif field == "rng":
+        rng = torch.get_rng_state()
+        state["rng"]["cpu"] = rng[:100] if value == "size" else rng.float()
+    else:
+        state["best_loss"] = True
+    torch.save(state, tmp_path / "tampered.pt")
+    with pytest.raises(ValueError, match="invalid model arguments|damaged checkpoint"):
+        vae.load_checkpoint(tmp_path / "tampered.pt")
+
+
+def trained_adam_state(model):
+    optimizer = vae.adam(model, 1e-3)
+    model.loss(images(4), images(4))[0].backward()
+    optimizer.step()
+    return optimizer.state_dict()
+
+
+@pytest.mark.parametrize("damage", ["one element moments", "another model's state", "missing parameter",
+                                    "float64 step", "negative second moment", "extra key", "amsgrad group"])
+def test_a_crafted_optimizer_state_is_refused_before_adam_sees_it(damage):
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=20, n_hidden=16, keep_prob=1.0)
+    state = trained_adam_state(model)
+    entries = state["state"]
+    if damage == "one element moments":  # fused Adam read and wrote out of bounds with this: a segfault
+        for v in entries.values():
+            v["exp_avg"], v["exp_avg_sq"] = torch.zeros(1), torch.zeros(1)
+    elif damage == "another model's state":
+        state = trained_adam_state(vae.VAE(dim_z=2, n_hidden=16, keep_prob=1.0))
+    elif damage == "missing parameter":
+        del entries[3]
+    elif damage == "float64 step":
+        entries[0]["step"] = entries[0]["step"].double()
+    elif damage == "negative second moment":
+        entries[1]["exp_avg_sq"] = -entries[1]["exp_avg_sq"] - 1
+    elif damage == "extra key":
+        entries[0]["max_exp_avg_sq"] = entries[0]["exp_avg_sq"]
+    if damage == "amsgrad group":  # the file's hyperparameters are never taken: this one loads, as plain Adam
+        state["param_groups"][0]["amsgrad"] = True
+        assert vae.restore_adam(model, 1e-3, state).param_groups[0]["amsgrad"] is False
+        return
+    with pytest.raises(ValueError, match="optimizer state does not fit its model"):
+        vae.restore_adam(model, 1e-3, state)
+
+
+def test_restored_adam_continues_exactly():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=3, n_hidden=16, keep_prob=1.0)
+    state = trained_adam_state(model)
+    restored = vae.restore_adam(model, 1e-3, state)
+    assert all(torch.equal(a, b) for i in state["state"] for k, a in state["state"][i].items()
+               for b in [restored.state_dict()["state"][i][k]])
+
+
+def test_a_long_evaluation_stops_between_chunks_whatever_k(trained):
+    model, x = trained
+    chunks = []
+
+    class Stop(Exception):
+        pass
+
+    def on_chunk():
+        chunks.append(1)
+        if len(chunks) == 2:
+            raise Stop
+    with pytest.raises(Stop):
+        vae.mean_log_likelihood(model, x, x, 10**9, on_chunk=on_chunk)  # 10^11 decoder rows if it ran on
+    assert len(chunks) == 2
+    assert vae.iw_chunks(200, 10**9) == 2 * math.ceil(10**9 / (vae.IW_ROWS // vae.IW_BATCH))
+    assert vae.iw_chunks(150, 5) == 2
+
+
+def test_cpu_info_names_the_cpu():
+    name, amx = vae.cpu_info()
+    assert isinstance(name, str) and name and isinstance(amx, bool)
