@@ -80,7 +80,7 @@ def main(argv=None, script="run_main.py"):
         try:
             data = load_data(plan)  # every check that can fail runs before the folder is touched
             run = build_run(plan, data)
-            SIGNALS.check()
+            SIGNALS.check(phase=STARTING)
             with results_folder(args.results_path, args.resume) as folder:
                 pictures = Pictures(plan, data, folder)
                 pictures.save_inputs()
@@ -89,9 +89,13 @@ def main(argv=None, script="run_main.py"):
                     pictures.save(run.model, run.epoch - 1)  # nothing was left to train: draw the resumed model
                 final_evaluation(args, run, data, folder)
         except Interrupted as e:
-            fail(interrupted_message(e, args, run, folder, script, argv), EXIT_SIGNALS[e.signum])
+            saved = saved_checkpoint(run, folder, args.resume)
+            fail(interrupted_message(e, run, saved, resume_command(script, argv, saved) if saved else None),
+                 EXIT_SIGNALS[e.signum])
         except NonFinite as e:
-            fail(f"non-finite {e.what} in {e.phase} (try a smaller --learn_rate); {last_good(args, run, folder)}", 1)
+            saved = saved_checkpoint(run, folder, args.resume)
+            kept = f"the last good checkpoint is {saved}" if saved else "no epoch finished"
+            fail(f"non-finite {e.what} in {e.phase} (try a smaller --learn_rate); {kept}", 1)
         except RunError as e:  # a failed write, a busy folder, a bad batch size or checkpoint
             fail(str(e), e.status)
         except mnist_data.MNISTError as e:  # missing or damaged data
@@ -339,7 +343,7 @@ def save_epoch(args, run, pictures, figures, seconds):
     run.epoch = epoch + 1
     folder.write(CHECKPOINT, lambda f: vae.save_checkpoint(
         f, run.model, run.optimizer, epoch=run.epoch, best_loss=run.best_loss, history=run.history,
-        args=dict(vars(args)), rng=rng_state(next(run.model.parameters()).device)))
+        args=dict(vars(args)), rng=rng_state(pictures.device)))
 
 
 def render_metrics(history):
@@ -395,20 +399,21 @@ def duration(seconds):
 
 
 class Pictures:
-    """The pictures' fixed inputs (test images, manifold grid, prior samples) and their drawing."""
+    """The pictures' fixed inputs (test images, manifold grid, prior samples) on the run's device, and their
+    drawing into the results folder."""
 
     def __init__(self, plan, data, folder):
         args, test = plan.args, data.test
         self.folder, self.grids = folder, plan.grids
-        self.add_noise, device = args.add_noise, test.x.device
+        self.add_noise, self.device = args.add_noise, plan.device
         n_prr = self.grids["PRR"].count
         self.x_prr, self.x_prr_hat = test.x[:n_prr], test.x_hat[:n_prr]
         self.x_pmlr_hat, self.y_pmlr = test.x_hat[:args.PMLR_n_samples], test.y[:args.PMLR_n_samples]
         z_grid = plot_utils.manifold_z(args.PMLR_n_img_x, args.PMLR_n_img_y, args.PMLR_z_range, args.PMLR_grid)
-        self.z_grid, self.limit = torch.from_numpy(z_grid).to(device), plot_utils.scatter_limit(z_grid)
+        self.z_grid, self.limit = torch.from_numpy(z_grid).to(self.device), plot_utils.scatter_limit(z_grid)
         # the same prior samples every epoch, from their own generator: training's stream is untouched
         generator = torch.Generator().manual_seed(args.seed)
-        self.z_prs = torch.randn(self.grids["PRS"].count, args.dim_z, generator=generator).to(device)
+        self.z_prs = torch.randn(self.grids["PRS"].count, args.dim_z, generator=generator).to(self.device)
 
     def grid(self, grid, name, images, stretch=False):
         """Write one grid's images as the output name."""
@@ -426,8 +431,7 @@ class Pictures:
     def save(self, model, epoch):
         """The epoch's PRR, PMLR and PRS pictures; their sampling leaves training's random stream alone."""
         prr, pmlr, prs = self.grids["PRR"], self.grids["PMLR"], self.grids["PRS"]
-        device = self.z_grid.device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if prr.on:
                 self.grid(prr, picture_name("PRR", epoch), model.reconstruct(self.x_prr_hat))
             if pmlr.on:
@@ -590,8 +594,12 @@ class RunError(Exception):
         self.status = status
 
 
+STARTING = "starting"  # the phase before the results folder is touched
+
+
 class Interrupted(Exception):
-    """A signal stopped the run; epoch is the epoch it stopped in (None: before or after training)."""
+    """A signal stopped the run in an epoch, or in a phase (STARTING, the final evaluation), or after training
+    (neither)."""
 
     def __init__(self, signum, epoch=None, phase=None):
         super().__init__(signum, epoch, phase)
@@ -638,17 +646,16 @@ class Signals:
 SIGNALS = Signals()  # signals are the process's: one catcher for it
 
 
-def saved_checkpoint(args, run, folder):
-    """The newest checkpoint a user could resume from, or None."""
+def saved_checkpoint(run, folder, resumed):
+    """The newest checkpoint a user could resume from: this run's, else the one it resumed (or None)."""
     if run is not None and folder is not None and run.epoch > run.start:
         return folder.file(CHECKPOINT)
-    return args.resume
+    return resumed
 
 
-def interrupted_message(e, args, run, folder, script, argv):
-    """What an interruption says: where it stopped, what is kept, and the command that continues."""
-    saved = saved_checkpoint(args, run, folder)
-    if run is None or folder is None:
+def interrupted_message(e, run, saved, command):
+    """What an interruption says: where it stopped, what is kept (saved), and the command that continues."""
+    if e.phase == STARTING:
         return "interrupted before training started; nothing was written"
     if e.phase is not None:
         return f"interrupted in {e.phase}; {saved} holds all {run.epoch} epochs"
@@ -657,13 +664,7 @@ def interrupted_message(e, args, run, folder, script, argv):
     if saved is None:
         return f"interrupted in epoch {e.epoch}; no epoch had finished; nothing to resume"
     return (f"interrupted in epoch {e.epoch}; the checkpoint of the {run.epoch} finished epochs is {saved}; "
-            f"continue with: {resume_command(script, argv, saved)}")
-
-
-def last_good(args, run, folder):
-    """Where the last good state of a run that failed is."""
-    saved = saved_checkpoint(args, run, folder)
-    return f"the last good checkpoint is {saved}" if saved else "no epoch finished"
+            f"continue with: {command}")
 
 
 def resume_command(script, argv, checkpoint_path):
@@ -706,6 +707,19 @@ def validate(parser, args):
             parser.error(f"--num_epochs must be at least 1 (got {args.num_epochs})")
     if args.results_path is None:
         args.results_path = "results"
+    check_values(parser, args)
+    grids = picture_grids(args)
+    check_pictures(parser, args, grids)
+    device = check_device(parser, args.device)
+    check_memory(parser, args, grids, device)
+    if args.precision == "bf16" and device.type == "cpu" and not vae.cpu_info()[1]:
+        say("--precision bf16 on a CPU without AMX: its bf16 products are slower than fp32 here "
+            "(bf16 pays on a GPU or a CPU with AMX)")
+    return Plan(args, checkpoint, device, grids)
+
+
+def check_values(parser, args):
+    """Usage errors for the model's, training's and evaluation's values."""
     for name in ("dim_z", "n_hidden", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1 (got {getattr(args, name)})")
@@ -725,7 +739,14 @@ def validate(parser, args):
         parser.error(f"--iw_train must be at least 1 (got {args.iw_train})")
     if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
         parser.error(f"--seed must be from -2**63 to 2**64 - 1 (got {args.seed})")
-    grids = picture_grids(args)
+    if args.iw_samples < 0:
+        parser.error(f"--iw_samples must be 0 (off) or a positive number of samples (got {args.iw_samples})")
+    if os.path.exists(args.results_path) and not os.path.isdir(args.results_path):
+        parser.error(f"--results_path {args.results_path} is an existing file, not a folder")
+
+
+def check_pictures(parser, args, grids):
+    """Usage errors for the pictures' flags."""
     check_grid(parser, grids["PRR"], mnist_data.TEST_SIZE)
     check_grid(parser, grids["PRS"])
     if args.PMLR:
@@ -736,20 +757,15 @@ def validate(parser, args):
             parser.error(f"--PMLR_z_range must be positive and at most 1.7e38 (got {args.PMLR_z_range})")
         if not 1 <= args.PMLR_n_samples <= mnist_data.TEST_SIZE:
             parser.error(f"--PMLR_n_samples must be from 1 to {mnist_data.TEST_SIZE} (got {args.PMLR_n_samples})")
-    if args.iw_samples < 0:
-        parser.error(f"--iw_samples must be 0 (off) or a positive number of samples (got {args.iw_samples})")
-    if os.path.exists(args.results_path) and not os.path.isdir(args.results_path):
-        parser.error(f"--results_path {args.results_path} is an existing file, not a folder")
-    if args.device == "cuda" and not torch.cuda.is_available():
+
+
+def check_device(parser, name):
+    """The device --device names (auto: CUDA, then MPS, then CPU); a usage error if it is not there."""
+    if name == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    if args.device == "mps" and not torch.backends.mps.is_available():
+    if name == "mps" and not torch.backends.mps.is_available():
         parser.error("--device mps: no MPS device is available")
-    device = pick_device(args.device)
-    check_memory(parser, args, grids, device)
-    if args.precision == "bf16" and device.type == "cpu" and not vae.cpu_info()[1]:
-        say("--precision bf16 on a CPU without AMX: its bf16 products are slower than fp32 here "
-            "(bf16 pays on a GPU or a CPU with AMX)")
-    return Plan(args, checkpoint, device, grids)
+    return pick_device(name)
 
 
 def check_resume(parser, args, checkpoint):
