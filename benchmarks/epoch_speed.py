@@ -57,7 +57,7 @@ class CommonVAE(nn.Module):
         y = self.dec(mu + sigma * torch.randn_like(sigma)).clamp(1e-8, 1 - 1e-8)
         nll = -torch.sum(x * torch.log(y) + (1 - x) * torch.log(1 - y), 1).mean()
         kl = vae.kl_divergence(mu, sigma).mean()
-        return nll + kl, nll, kl
+        return nll + kl, nll + kl, nll, kl  # as vae.VAE.loss: (objective, loss, nll, KL)
 
 
 def common_loader(data_dir, batch_size):
@@ -85,7 +85,7 @@ def common_epoch(model, optimizer, loader, device):
     model.train()
     for x, _ in loader:
         x = x.view(-1, 784).to(device)
-        loss, _, _ = model.loss(x, x)
+        loss = model.loss(x, x)[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
