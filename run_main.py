@@ -61,7 +61,7 @@ SAVED_FLAGS = {"dim_z": 20, "n_hidden": 500, "keep_prob": vae.KEEP_PROB, "add_no
                "output_bias": "zero"}
 # training's flags: a resumed run keeps the checkpoint's unless one is given; a change is printed
 CHANGEABLE_FLAGS = {"learn_rate": 1e-3, "batch_size": 128, "precision": "fp32", "lr_schedule": "constant",
-                    "lr_min": 1e-5, "kl_warmup": 0, "iw_train": 1}
+                    "lr_min": 1e-5, "kl_warmup": 0, "iw_train": 1, "iw_gradient": "iwae"}
 OUTPUT_BIASES = ("zero", "mean")
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.manual_seed accepts
 METRICS = ("epoch", "train_loss", "train_nll", "train_divergence", "test_loss", "test_nll", "test_divergence",
@@ -141,6 +141,9 @@ def build_parser():
                    help="the KL term's weight rises linearly from 0 to 1 over the first E epochs (default 0)")
     p.add_argument("--iw_train", type=int, default=None, metavar="K",
                    help="train on the IWAE bound with K samples per image; 1 is the VAE's -ELBO (default 1)")
+    p.add_argument("--iw_gradient", choices=vae.IW_GRADIENTS, default=None,
+                   help="the encoder's gradient for --iw_train K > 1: iwae (the bound's own) or dreg (doubly "
+                        "reparameterized, Tucker et al. 2018; the same bound and decoder gradient) (default iwae)")
     p.add_argument("--output_bias", choices=OUTPUT_BIASES, default=None,
                    help="the decoder's initial output bias: zero (the original), or the logit of the training "
                         "pixels' mean (Burda et al.'s code)")
@@ -308,7 +311,8 @@ def train(args, run, data, pictures):
             batches = mnist_data.batches(data.train_x, args.batch_size, args.add_noise, args.binarize)
             train_metrics = vae.train_epoch(run.model, run.optimizer, batches, args.precision, args.iw_train,
                                             vae.kl_weights(epoch, steps, args.kl_warmup),
-                                            should_stop=SIGNALS.stopping, on_step=show_step if show_bar else None)
+                                            should_stop=SIGNALS.stopping, on_step=show_step if show_bar else None,
+                                            gradient=args.iw_gradient)
         if train_metrics is None:
             raise Interrupted(SIGNALS.received, epoch)
         if not (all(map(math.isfinite, train_metrics)) and all(p.isfinite().all() for p in run.model.parameters())):
@@ -726,7 +730,7 @@ def check_values(parser, args):
     if not vae.KEEP_PROB_MIN <= args.keep_prob <= 1:
         parser.error(f"--keep_prob must be from {vae.KEEP_PROB_MIN} to 1 (got {args.keep_prob})")
     for name, choices in (("precision", vae.PRECISIONS), ("lr_schedule", vae.LR_SCHEDULES),
-                          ("output_bias", OUTPUT_BIASES)):
+                          ("output_bias", OUTPUT_BIASES), ("iw_gradient", vae.IW_GRADIENTS)):
         if getattr(args, name) not in choices:  # a checkpoint's value; the command line's is checked by argparse
             parser.error(f"--{name} must be one of {', '.join(choices)} (got {getattr(args, name)!r})")
     if not (args.learn_rate > 0 and math.isfinite(args.learn_rate)):
@@ -737,6 +741,9 @@ def check_values(parser, args):
         parser.error(f"--kl_warmup must be 0 (off) or a number of epochs (got {args.kl_warmup})")
     if args.iw_train < 1:
         parser.error(f"--iw_train must be at least 1 (got {args.iw_train})")
+    if args.iw_gradient == "dreg" and args.iw_train == 1:
+        parser.error("--iw_gradient dreg needs --iw_train K > 1 (the -ELBO's KL is in closed form: there is no "
+                     "sampled log q whose score term DReG removes)")
     if not SEED_RANGE[0] <= args.seed <= SEED_RANGE[1]:
         parser.error(f"--seed must be from -2**63 to 2**64 - 1 (got {args.seed})")
     if args.iw_samples < 0:

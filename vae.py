@@ -52,6 +52,11 @@ def mlp(n_in, n_hidden, n_out, first_act, second_act, keep_prob):
     )
 
 
+def at_least_fp32(t):
+    """A bf16 or fp16 result as fp32; fp32 and fp64 as they are (a float64 model stays float64)."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 class Encoder(nn.Module):
     """Gaussian MLP encoder q(z|x): ELU then tanh hidden layers; returns mu and sigma."""
 
@@ -61,7 +66,7 @@ class Encoder(nn.Module):
         self.net = mlp(dim_img, n_hidden, 2 * dim_z, nn.ELU(inplace=True), nn.Tanh(), keep_prob)
 
     def forward(self, x):
-        params = self.net(x).float()  # fp32 from here on, also when the products ran in bf16
+        params = at_least_fp32(self.net(x))  # fp32 from here on, also when the products ran in bf16
         mu, s = params[:, :self.dim_z], params[:, self.dim_z:]
         return mu, 1e-6 + F.softplus(s)
 
@@ -74,7 +79,7 @@ class Decoder(nn.Module):
         self.net = mlp(dim_z, n_hidden, dim_img, nn.Tanh(), nn.ELU(inplace=True), keep_prob)
 
     def forward(self, z):
-        return self.net(z).float()  # fp32 logits, also when the products ran in bf16
+        return at_least_fp32(self.net(z))  # fp32 logits, also when the products ran in bf16
 
 
 def neg_log_likelihood(logits, x):
@@ -107,13 +112,15 @@ class VAE(nn.Module):
         z = torch.addcmul(mu, sigma, torch.randn_like(mu))
         return self.decoder(z), mu, sigma
 
-    def loss(self, x_hat, x, k=1, kl_weight=1.0):
+    def loss(self, x_hat, x, k=1, kl_weight=1.0, gradient="iwae"):
         """The training objective and what it bounds, batch means: (objective, loss, nll, KL).
 
         k = 1: the -ELBO, nll + KL, with the KL weighted by kl_weight in the objective (warm-up); loss is
         always the weight-1 -ELBO. k > 1: the IWAE bound -log (1/k) sum_k p(x, z_k) / q(z_k|x), one decoder
         pass over all k samples, gradients through the log-sum-exp; loss is that bound with weight 1, and
-        nll the mean of -log p(x|z_k) over the k samples.
+        nll the mean of -log p(x|z_k) over the k samples. gradient (k > 1): "iwae", the bound's own
+        reparameterised gradient, or "dreg", the same value and decoder gradient with the encoder's gradient
+        doubly reparameterised (Tucker et al. 2018).
         """
         if k == 1:
             logits, mu, sigma = self(x_hat)
@@ -122,9 +129,14 @@ class VAE(nn.Module):
             loss = nll + kl
             return (loss if kl_weight == 1.0 else nll + kl_weight * kl), loss, nll, kl
         mu, sigma = self.encoder(x_hat)
-        log_px_z, log_prior_ratio = log_weights(self.decoder, x, mu, sigma, torch.randn(k, *mu.shape, device=mu.device))
+        eps = torch.randn(k, *mu.shape, device=mu.device)
+        dreg = gradient == "dreg" and torch.is_grad_enabled()
+        log_px_z, log_prior_ratio, z = log_weights(self.decoder, x, mu, sigma, eps, stop_q=dreg)
         bound = iw_bound(log_px_z + log_prior_ratio).mean()
-        objective = bound if kl_weight == 1.0 else iw_bound(log_px_z + kl_weight * log_prior_ratio).mean()
+        log_w = log_px_z + log_prior_ratio if kl_weight == 1.0 else log_px_z + kl_weight * log_prior_ratio
+        objective = bound if kl_weight == 1.0 else iw_bound(log_w).mean()
+        if dreg:
+            z.register_hook(dreg_hook(log_w, kl_weight))
         return -objective, -bound, -log_px_z.mean(), kl_divergence(mu, sigma).mean()
 
     @torch.no_grad()
@@ -209,6 +221,7 @@ def adam(model, learn_rate):
 
 
 LR_SCHEDULES = ("constant", "cosine")
+IW_GRADIENTS = ("iwae", "dreg")
 
 
 def learning_rate(epoch, num_epochs, learn_rate, lr_min, schedule):
@@ -227,12 +240,13 @@ def kl_weights(epoch, steps, warmup_epochs):
     return [min(1.0, (epoch + i / steps) / warmup_epochs) for i in range(steps)]
 
 
-def train_epoch(model, optimizer, batches, precision="fp32", k=1, kl_weight=None, should_stop=None, on_step=None):
+def train_epoch(model, optimizer, batches, precision="fp32", k=1, kl_weight=None, should_stop=None, on_step=None,
+                gradient="iwae"):
     """One pass of Adam over (x_hat, x) batches on the -ELBO (k = 1) or the IWAE bound (k > 1): the mean
     Metrics with the KL's weight 1, or None if should_stop() said so.
 
     kl_weight: the KL's weight in the objective at each step (None: 1); on_step(loss) is called after each
-    step with the batch's loss tensor.
+    step with the batch's loss tensor; gradient: the IWAE's estimator for k > 1, "iwae" or "dreg".
     """
     model.train()
     device = next(model.parameters()).device
@@ -241,7 +255,7 @@ def train_epoch(model, optimizer, batches, precision="fp32", k=1, kl_weight=None
         if should_stop is not None and should_stop():
             return None
         with autocast(device, precision):
-            objective, loss, nll, kl = model.loss(x_hat, x, k, 1.0 if kl_weight is None else kl_weight[n])
+            objective, loss, nll, kl = model.loss(x_hat, x, k, 1.0 if kl_weight is None else kl_weight[n], gradient)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
@@ -278,18 +292,37 @@ def mean_abs_error(model, x_hat, x, batch_size=1000):
     return (x_hat - x).abs().mean().item(), restored.item() / x.numel()
 
 
-def log_weights(decoder, x, mu, sigma, eps):
-    """log p(x|z) and log p(z) - log q(z|x), each (K, N), for z = mu + sigma * eps with eps (K, N, dim_z):
-    one decoder pass over all K * N rows."""
+def log_weights(decoder, x, mu, sigma, eps, stop_q=False):
+    """log p(x|z) and log p(z) - log q(z|x), each (K, N), and z, for z = mu + sigma * eps with eps (K, N, dim_z):
+    one decoder pass over all K * N rows.
+
+    stop_q: q's parameters are held fixed inside log q(z|x), so that the encoder's gradient flows only
+    through z (the values are the same to the bit).
+    """
     k, n, dim_z = eps.shape
     z = mu + sigma * eps
     logits = decoder(z.reshape(k * n, dim_z)).reshape(k, n, -1)
     with torch.autocast(x.device.type, enabled=False):  # the sums over 784 pixels stay fp32
         # the Bernoulli likelihood x.l - softplus(l), its x.l term one batched product (cheaper than BCE here)
         log_px_z = torch.einsum("knd,nd->kn", logits, x) - F.softplus(logits).sum(-1)
+    if stop_q:  # eps as a function of z alone: (z - mu) / sigma with mu and sigma fixed, the value eps exactly
+        sigma = sigma.detach()
+        eps = eps + (z - z.detach()) / sigma
     # log N(z; 0, I) - log N(z; mu, sigma^2): the 2 pi terms cancel
     log_prior_ratio = 0.5 * (eps.square() - z.square()).sum(-1) + sigma.log().sum(-1)
-    return log_px_z, log_prior_ratio
+    return log_px_z, log_prior_ratio, z
+
+
+def dreg_hook(log_w, kl_weight=1.0):
+    """The gradient hook on z that makes the IWAE's path gradient the DReG estimator's.
+
+    With q's parameters fixed in log w, the bound's gradient reaches z_k weighted by the normalised weight
+    w_k; DReG weights it by w_k^2 (Tucker et al. 2018, eq. 6). Under a KL weight b < 1 (warm-up), where
+    log w = log p(x|z) + b (log p(z) - log q(z|x)), the score term's share is b, and the weight becomes
+    (1 - b) w_k + b w_k^2: the hook multiplies z's gradient by (1 - b) + b w_k.
+    """
+    scale = ((1.0 - kl_weight) + kl_weight * torch.softmax(log_w.detach(), 0)).unsqueeze(-1)
+    return lambda grad: grad * scale
 
 
 def iw_bound(log_w):
@@ -316,7 +349,8 @@ def iw_log_likelihood(model, x_hat, x, k, max_rows=IW_ROWS, on_chunk=None):
     log_sum = torch.full((b,), -math.inf, device=x.device)
     for start in range(0, k, chunk):
         n = min(chunk, k - start)
-        log_px_z, log_prior_ratio = log_weights(model.decoder, x, mu, sigma, torch.randn(n, b, dim_z, device=x.device))
+        log_px_z, log_prior_ratio, _ = log_weights(model.decoder, x, mu, sigma,
+                                                   torch.randn(n, b, dim_z, device=x.device))
         log_sum = torch.logaddexp(log_sum, torch.logsumexp(log_px_z + log_prior_ratio, 0))
         if on_chunk is not None:
             on_chunk()

@@ -34,7 +34,7 @@ SEED_DEFAULTS = dict(dim_z=20, results_path="results", add_noise=False, n_hidden
                      data_dir="data", seed=1, device="auto", iw_samples=0, resume=None, PMLR_grid="linear")
 NEW_DEFAULTS = dict(PRS=False, PRS_n_img_x=10, PRS_n_img_y=10, PRS_resize_factor=1.0, binarize=False,
                     keep_prob=0.9, precision="fp32", lr_schedule="constant", lr_min=1e-5, kl_warmup=0,
-                    iw_train=1, output_bias="zero")
+                    iw_train=1, output_bias="zero", iw_gradient="iwae")
 
 PMLR_ON = ["--PMLR", "True", "--dim_z", "2"]
 BAD = [
@@ -81,6 +81,8 @@ BAD = [
     (["--PRR", "2"], "--PRR"),
     (["--PMLR", "Truee"], "--PMLR"),
     (["--iw_samples", "-1"], "--iw_samples"),
+    (["--iw_gradient", "dreg"], "--iw_gradient dreg needs --iw_train K > 1"),
+    (["--iw_gradient", "stl", "--iw_train", "5"], "--iw_gradient"),
     (["--device", "tpu"], "--device"),
     (["--resume", "no/such/checkpoint.pt"], "no such file"),
 ]
@@ -554,7 +556,7 @@ def test_a_default_run_gives_the_numbers_it_gave_before_the_training_options(mni
 
 
 OPTIONS = ["--lr_schedule", "cosine", "--lr_min", "1e-4", "--learn_rate", "3e-3", "--kl_warmup", "2",
-           "--iw_train", "3", "--output_bias", "mean", "--dim_z", "3", "--PRR", "False", *FAST]
+           "--iw_train", "3", "--iw_gradient", "dreg", "--output_bias", "mean", "--dim_z", "3", "--PRR", "False", *FAST]
 
 
 def weights(folder):
@@ -607,7 +609,8 @@ def test_a_resumed_run_keeps_the_checkpoints_training_flags(mnist_dir, tmp_path)
     checkpoint = str(tmp_path / "checkpoint.pt")
     args = run_main.parse_args(["--resume", checkpoint, "--num_epochs", "2"]).args
     assert (args.learn_rate, args.batch_size, args.precision, args.lr_schedule, args.lr_min, args.kl_warmup,
-            args.iw_train, args.output_bias) == (3e-3, 32, "bf16", "cosine", 1e-4, 2, 3, "mean")
+            args.iw_train, args.output_bias, args.iw_gradient) == (3e-3, 32, "bf16", "cosine", 1e-4, 2, 3, "mean",
+                                                                   "dreg")
     again = run("--num_epochs", "3", "--iw_train", "2", "--kl_warmup", "2", "--PRR", "False", "--data_dir", mnist_dir,
                 "--resume", checkpoint)
     assert again.status == 0, again.stderr

@@ -1,5 +1,6 @@
 """vae.py: layers, initialisation, -ELBO terms, dropout, training, bf16, the importance-weighted bound,
 checkpoints and the Python API."""
+import copy
 import math
 import os
 import re
@@ -212,7 +213,7 @@ def test_iwae_bound_is_at_least_the_elbo():
     x = images(32)
     with torch.no_grad():
         mu, sigma = model.encoder(x)
-        log_px_z, log_prior_ratio = vae.log_weights(model.decoder, x, mu, sigma, torch.randn(5, 32, 3))
+        log_px_z, log_prior_ratio, _ = vae.log_weights(model.decoder, x, mu, sigma, torch.randn(5, 32, 3))
         log_w = log_px_z + log_prior_ratio
         assert (vae.iw_bound(log_w) >= log_w.mean(0) - 1e-4).all()  # Jensen, sample by sample
         bounds = [model.loss(x, x, k=5)[1].item() for _ in range(200)]
@@ -259,13 +260,90 @@ def test_iwae_gradient_matches_an_independent_computation():
     # the weights are not detached: detaching them (a known bug) gives another gradient
     model.zero_grad()
     mu, sigma = model.encoder(x)
-    log_px_z, log_prior_ratio = vae.log_weights(model.decoder, x, mu, sigma, eps)
+    log_px_z, log_prior_ratio, _ = vae.log_weights(model.decoder, x, mu, sigma, eps)
     log_w = log_px_z + log_prior_ratio
     (-(torch.softmax(log_w, 0).detach() * log_w).sum(0).mean()).backward(retain_graph=True)  # by hand
     assert all(close(a, p.grad) for a, p in zip(ours, model.parameters(), strict=True))
     model.zero_grad()
     (-(log_w.mean(0)).mean()).backward()  # equal weights: the VAE's gradient, not the IWAE's
     assert not all(close(a, p.grad) for a, p in zip(ours, model.parameters(), strict=True))
+
+
+def gradients(model, x, k, gradient, seed, kl_weight=1.0):
+    """The loss's value and each parameter's gradient for one draw of eps (the seed's)."""
+    model.zero_grad()
+    torch.manual_seed(seed)
+    objective, loss, nll, kl = model.loss(x, x, k, kl_weight, gradient)
+    objective.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def independent_dreg_encoder_gradient(model, x, eps):
+    """DReG's encoder gradient from its definition, in float64 on a float64 copy of the model: the gradient of
+    the mean over images of -sum_k w_k^2 d log w_k / d z_k . z_k(phi), where w_k are the normalised weights
+    and log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x) with q's parameters held fixed."""
+    model = copy.deepcopy(model).double()
+    x, eps = x.double(), eps.double()
+    mu, sigma = model.encoder(x)
+    mu, sigma = mu.double(), sigma.double()
+    z = (mu + sigma * eps).detach().requires_grad_()  # (K, N, dim_z), a leaf: d log w / d z by autograd
+    logits = model.decoder.net(z)
+    log_w = (torch.distributions.Bernoulli(logits=logits).log_prob(x).sum(-1)
+             + torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+             - torch.distributions.Normal(mu.detach(), sigma.detach()).log_prob(z).sum(-1))
+    d_log_w_dz, = torch.autograd.grad(log_w.sum(), z)
+    w = torch.softmax(log_w.detach(), 0)
+    coefficient = -(w.square().unsqueeze(-1) * d_log_w_dz) / x.shape[0]
+    surrogate = (coefficient * (mu + sigma * eps)).sum()  # its gradient: coefficient . dz/dphi
+    encoder = dict(model.encoder.named_parameters())
+    return dict(zip((f"encoder.{n}" for n in encoder), torch.autograd.grad(surrogate, list(encoder.values())),
+                    strict=True))
+
+
+def test_dreg_keeps_the_bound_and_the_decoder_gradient_and_changes_the_encoder_s():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=3, n_hidden=32, keep_prob=1.0)
+    x = torch.bernoulli(images(16), generator=torch.Generator().manual_seed(0))
+    iwae_loss, iwae = gradients(model, x, 4, "iwae", seed=3)
+    dreg_loss, dreg = gradients(model, x, 4, "dreg", seed=3)
+    assert torch.equal(iwae_loss, dreg_loss)  # the same bound, to the bit
+    decoder = [name for name in dreg if name.startswith("decoder.")]
+    encoder = [name for name in dreg if name.startswith("encoder.")]
+    assert all(torch.allclose(dreg[n], iwae[n], rtol=1e-6, atol=1e-7) for n in decoder)
+    torch.manual_seed(3)
+    reference = independent_dreg_encoder_gradient(model, x, torch.randn(4, 16, 3))
+    for name in encoder:
+        assert close(dreg[name], reference[name]), name  # float32 against float64
+        assert not torch.allclose(dreg[name], iwae[name], rtol=1e-3, atol=1e-6), name
+    # the same model in float64: the formula itself, to 1e-5 relative
+    _, dreg64 = gradients(copy.deepcopy(model).double(), x.double(), 4, "dreg", seed=3)
+    for name in encoder:
+        assert (dreg64[name] - reference[name]).norm() <= 1e-5 * reference[name].norm(), name
+
+
+def test_dreg_under_warm_up_weights_the_path_gradient_by_the_score_term_s_share():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=3, n_hidden=32, keep_prob=1.0)
+    x = torch.bernoulli(images(16), generator=torch.Generator().manual_seed(0))
+    _, iwae = gradients(model, x, 4, "iwae", seed=3, kl_weight=0.0)
+    _, dreg = gradients(model, x, 4, "dreg", seed=3, kl_weight=0.0)
+    # weight 0: log w = log p(x|z) does not depend on q's parameters but through z, so both are the same
+    assert all(torch.allclose(dreg[n], iwae[n], rtol=1e-5, atol=1e-7) for n in dreg)
+    _, iwae = gradients(model, x, 4, "iwae", seed=3, kl_weight=0.5)
+    _, dreg = gradients(model, x, 4, "dreg", seed=3, kl_weight=0.5)
+    assert not all(torch.allclose(dreg[n], iwae[n], rtol=1e-3, atol=1e-6) for n in dreg if n.startswith("encoder."))
+
+
+def test_train_epoch_reports_the_same_bound_with_dreg():
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=3, n_hidden=32)
+    x = images(16)
+    figures = []
+    for gradient in vae.IW_GRADIENTS:
+        copied = copy.deepcopy(model)
+        torch.manual_seed(5)
+        figures.append(vae.train_epoch(copied, vae.adam(copied, 1e-3), [(x, x)], k=3, gradient=gradient))
+    assert figures[0] == figures[1]
 
 
 def test_output_bias_starts_the_decoder_at_the_mean_image():
