@@ -1,11 +1,12 @@
-"""MNIST as whole tensors on the training device: loading, the original's split, batches, noise."""
+"""MNIST as whole tensors on the training device: loading, the original's split, batches, noise.
+
+The four raw IDX files are read and checked here, and nothing else (torchvision only downloads them). torch and
+numpy are imported by the functions that use them, so that the command line can read this module's sizes at once.
+"""
 import contextlib
 import io
 import os
 from collections import namedtuple
-
-import torch
-import torchvision
 
 IMAGE_SIZE = 28
 VALIDATION_SIZE = 5000  # the first 5,000 training images, as the original
@@ -14,7 +15,7 @@ TEST_SIZE = 10000  # MNIST's test images
 # whatever its seed or device, is scored on the same binary test images.
 BINARIZE_SEED = 1312_6114
 
-# (file name, IDX magic number, number of dimensions) of the four files torchvision reads.
+# (file name, IDX magic number, number of dimensions) of the four raw files.
 FILES = (
     ("train-images-idx3-ubyte", 2051, 3),
     ("train-labels-idx1-ubyte", 2049, 1),
@@ -43,6 +44,7 @@ def _download(data_dir):
     leaves no empty folders behind (a mistyped --data_dir used to leave an empty MNIST/raw tree)."""
     made = [d for d in (data_dir, os.path.join(data_dir, "MNIST"), raw_folder(data_dir)) if not os.path.exists(d)]
     try:
+        import torchvision
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             torchvision.datasets.MNIST(data_dir, train=True, download=True)
     except Exception:  # no network, a refused mirror, a read-only folder: all end in the message below
@@ -92,16 +94,11 @@ def load_mnist(data_dir, device, binarize=False):
     if counts[0] <= VALIDATION_SIZE:
         raise MNISTError(f"{raw_folder(data_dir)}: the training file needs more than {VALIDATION_SIZE} images")
 
-    def tensors(train):
-        ds = torchvision.datasets.MNIST(data_dir, train=train, download=False)
-        if len(ds.targets) and not 0 <= int(ds.targets.min()) <= int(ds.targets.max()) <= 9:
-            name = FILES[1 if train else 3][0]
-            raise MNISTError(f"{os.path.join(raw_folder(data_dir), name)} holds labels outside 0-9 "
-                             f"({int(ds.targets.min())} to {int(ds.targets.max())}); replace it with the original file")
-        return ds.data.reshape(len(ds.data), -1).float().div_(255.0), ds.targets.long()
-
-    train_x, train_y = tensors(True)
-    test_x, test_y = tensors(False)
+    import torch
+    train_x, train_y = (torch.from_numpy(a) for a in read_pair(data_dir, 0))
+    test_x, test_y = (torch.from_numpy(a) for a in read_pair(data_dir, 2))
+    train_x, test_x = (x.reshape(len(x), -1).float().div_(255.0) for x in (train_x, test_x))
+    train_y, test_y = train_y.long(), test_y.long()
     valid_x = train_x[:VALIDATION_SIZE]
     if binarize:  # on the CPU with its own generator, so the same binary images on every device
         fixed = torch.Generator().manual_seed(BINARIZE_SEED)
@@ -110,13 +107,43 @@ def load_mnist(data_dir, device, binarize=False):
                                           valid_x, train_y[:VALIDATION_SIZE], test_x, test_y)))
 
 
+def read_idx(path, magic, ndim):
+    """The uint8 array of an IDX file, its header checked against its size."""
+    import numpy as np
+    count = check_idx(path, magic, ndim)
+    cells = IMAGE_SIZE * IMAGE_SIZE if ndim == 3 else 1
+    try:
+        with open(path, "rb") as f:
+            f.seek(4 * (ndim + 1))
+            data = np.fromfile(f, dtype=np.uint8, count=count * cells)
+    except MemoryError:
+        raise MNISTError(f"{path} ({os.path.getsize(path) / 1e9:.3g} GB) does not fit in the memory there is; "
+                         f"replace it with the original file") from None
+    if data.size != count * cells:
+        raise MNISTError(f"{path} changed while it was read; run again")
+    return data.reshape(count, IMAGE_SIZE, IMAGE_SIZE) if ndim == 3 else data
+
+
+def read_pair(data_dir, first):
+    """The images and labels of FILES[first] and FILES[first + 1]; labels outside 0-9 are an MNISTError."""
+    (images, image_magic, image_dims), (labels, label_magic, label_dims) = FILES[first:first + 2]
+    x = read_idx(os.path.join(raw_folder(data_dir), images), image_magic, image_dims)
+    y = read_idx(os.path.join(raw_folder(data_dir), labels), label_magic, label_dims)
+    if len(y) and int(y.max()) > 9:
+        raise MNISTError(f"{os.path.join(raw_folder(data_dir), labels)} holds labels outside 0-9 "
+                         f"({int(y.min())} to {int(y.max())}); replace it with the original file")
+    return x, y
+
+
 def bernoulli(x, generator=None):
     """Binarize grey levels: each pixel is 1 with probability its value in [0, 1], else 0."""
+    import torch
     return torch.bernoulli(x, generator=generator)
 
 
 def salt_and_pepper(x, generator=None):
     """The original's noise, x * m1 + m2 with Bernoulli(1/2) masks, not clamped: values lie in [0, 2]."""
+    import torch
     m1 = torch.randint(0, 2, x.shape, generator=generator, device=x.device, dtype=x.dtype)
     m2 = torch.randint(0, 2, x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return x.mul(m1).add_(m2)
@@ -130,6 +157,7 @@ def num_batches(n, batch_size):
 def batches(x, batch_size, add_noise=False, binarize=False):
     """Yield (x_hat, x) slices of a fresh permutation of x, binarized afresh when binarize; x_hat carries
     noise when add_noise."""
+    import torch
     perm = torch.randperm(len(x), device=x.device)
     for i in range(num_batches(len(x), batch_size)):
         batch = x[perm[i * batch_size:(i + 1) * batch_size]]

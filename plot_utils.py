@@ -1,12 +1,10 @@
 """Pictures: image grids (PRR, PMLR, PRS), the labelled latent scatter and the loss curve. No display needed.
 
-Each writer takes a path or a binary file object.
+Each writer takes a path or a binary file object. matplotlib and scipy are imported by the functions that draw
+with them, so that the command line can check a grid's size at once.
 """
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
 from PIL import Image
-from scipy.stats import norm
 
 from mnist_data import IMAGE_SIZE
 
@@ -56,6 +54,7 @@ def manifold_z(n_img_x, n_img_y, z_range, grid="linear"):
     if grid == "linear":
         z1, z2 = np.linspace(z_range, -z_range, n_img_y), np.linspace(z_range, -z_range, n_img_x)
     elif grid == "gaussian":
+        from scipy.stats import norm
         z1, z2 = (norm.ppf((np.arange(n) + 0.5) / n)[::-1] for n in (n_img_y, n_img_x))
     else:
         raise ValueError(f"unknown grid {grid!r}")
@@ -69,6 +68,8 @@ def scatter_limit(z_grid):
 
 def save_scatter(path, z, labels, limit):
     """Scatter of 2-D latent points coloured by digit (10-colour map, colour bar), axes [-limit, limit]."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(8, 6))
     ax = fig.subplots()
     points = ax.scatter(z[:, 0], z[:, 1], c=labels, marker="o", edgecolor="none", s=12,
@@ -84,6 +85,7 @@ def save_scatter(path, z, labels, limit):
 
 def save_loss_curve(path, epochs, train_loss, test_loss):
     """Train and test -ELBO per epoch as a line plot."""
+    from matplotlib.figure import Figure
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     ax.plot(epochs, train_loss, marker="o", label="train -ELBO (epoch mean, dropout on)")

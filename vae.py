@@ -1,6 +1,5 @@
 """The VAE of Kingma & Welling: Gaussian MLP encoder, Bernoulli MLP decoder, -ELBO, likelihood bounds."""
 import math
-import os
 from typing import NamedTuple
 
 import torch
@@ -12,6 +11,7 @@ from mnist_data import IMAGE_SIZE
 DIM_IMG = IMAGE_SIZE * IMAGE_SIZE
 KEEP_PROB = 0.9  # the original's dropout keep probability while training
 KEEP_PROB_MIN = 1e-3  # below this, dropout's 1 / keep_prob scaling overflows the training (1e-40 did)
+MAX_WIDTH = 2**31 - 1  # the most units dim_z or n_hidden may name (torch's 32-bit sizes)
 
 
 def variance_scaling_(linear):
@@ -152,8 +152,8 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, z):
-        """Pixel probabilities for given latent vectors."""
-        return torch.sigmoid(self.decoder(z))
+        """Pixel probabilities for given latent vectors z, (N, dim_z)."""
+        return torch.sigmoid(self.decoder(self.as_latents(z)))
 
     @torch.no_grad()
     def reconstruct(self, x_hat):
@@ -163,18 +163,37 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n, generator=None):
         """n images from the generative model: pixel probabilities for z ~ N(0, I)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ValueError(f"expected a number of images of at least 0, got {n!r}")
         device = next(self.parameters()).device
         return self.decode(torch.randn(n, self.dim_z, generator=generator, device=device))
 
+    def as_latents(self, z):
+        """Latent vectors as float32 (N, dim_z) rows; ValueError for anything else or a non-finite value."""
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+            raise ValueError(f"expected a floating-point tensor of latent vectors, got {type(z).__name__}"
+                             + (f" of {z.dtype}" if isinstance(z, torch.Tensor) else ""))
+        if z.dim() != 2 or z.shape[1] != self.dim_z:
+            raise ValueError(f"expected latent vectors of shape (N, {self.dim_z}), got {tuple(z.shape)}")
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError("expected finite latent vectors, got NaN or infinity")
+        return z.float()
+
+
+MAX_PIXEL = 2.0  # the original's salt-and-pepper inputs x * m1 + m2 reach 2
+
 
 def as_rows(x):
-    """Images as (N, 784) rows: accepts (N, 784), (N, 28, 28) and (N, 1, 28, 28); ValueError otherwise."""
+    """Images as float32 (N, 784) rows: accepts (N, 784), (N, 28, 28) and (N, 1, 28, 28) with pixel values in
+    [0, 1] (noisy inputs up to 2); ValueError otherwise."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise ValueError(f"expected a floating-point tensor of images in [0, 1], got {type(x).__name__}"
                          + (f" of {x.dtype}" if isinstance(x, torch.Tensor) else ""))
     shapes = ((DIM_IMG,), (IMAGE_SIZE, IMAGE_SIZE), (1, IMAGE_SIZE, IMAGE_SIZE))
     if x.dim() < 2 or tuple(x.shape[1:]) not in shapes:
         raise ValueError(f"expected images of shape (N, 784), (N, 28, 28) or (N, 1, 28, 28), got {tuple(x.shape)}")
+    if len(x) and not (bool(torch.isfinite(x).all()) and 0 <= x.min().item() and x.max().item() <= MAX_PIXEL):
+        raise ValueError(f"expected pixel values in [0, 1], got values from {x.min().item():g} to {x.max().item():g}")
     return x.reshape(len(x), DIM_IMG).float()  # float64 or float16 images become the model's float32
 
 
@@ -195,21 +214,6 @@ PRECISIONS = ("fp32", "bf16")
 def autocast(device, precision):
     """Training's numerics: bf16 runs the linear layers' products in bfloat16, all else stays fp32."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def cpu_info():
-    """This CPU's model name and whether it has AMX, read from /proc/cpuinfo (Linux); ("unknown", False) elsewhere.
-
-    bf16 products pay on a CPU only with AMX: with AVX-512 BF16 alone they ran slower than fp32.
-    """
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return "unknown", False
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                "unknown")
-    return name, " amx_bf16" in text or " amx_tile" in text
 
 
 def adam(model, learn_rate):
@@ -372,10 +376,6 @@ def iw_chunks(n_images, k, batch_size=IW_BATCH, max_rows=IW_ROWS):
     return full * per_batch(batch_size) + (per_batch(rest) if rest else 0)
 
 
-CHECKPOINT_FORMAT = "pytorch-mnist-vae checkpoint 1"
-CHECKPOINT_KEYS = ("format", "model_args", "model", "optimizer", "epoch", "best_loss", "history", "args", "rng")
-
-
 def parameter_count(dim_z, n_hidden, dim_img=DIM_IMG):
     """Weights and biases of VAE(dim_z, n_hidden): the encoder's three layers and the decoder's three."""
     encoder = (dim_img + 1) * n_hidden + (n_hidden + 1) * n_hidden + (n_hidden + 1) * 2 * dim_z
@@ -383,107 +383,8 @@ def parameter_count(dim_z, n_hidden, dim_img=DIM_IMG):
     return encoder + decoder
 
 
-def training_bytes(dim_z, n_hidden, rows, dim_img=DIM_IMG):
-    """Memory training takes, about: weights, gradients and Adam's two moments (16 bytes a parameter), plus
-    the activations of a batch of rows (at least the 1,000 images of an evaluation batch)."""
-    return 16 * parameter_count(dim_z, n_hidden, dim_img) + 4 * max(rows, 1000) * (8 * n_hidden + 4 * dim_img)
-
-
-def save_checkpoint(file, model, optimizer, **run):
-    """Write the model, its arguments, the optimizer and the run's state (epoch, history, ...) to a file."""
-    torch.save({"format": CHECKPOINT_FORMAT, "model_args": model.model_args(), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), **run}, file)
-
-
-def load_checkpoint(path):
-    """Read a checkpoint of this project (tensors and plain data only, never code); ValueError saying why not."""
-    if os.path.isdir(path):
-        raise ValueError(f"{path} is a folder; give the checkpoint file in it ({os.path.join(path, 'checkpoint.pt')})")
-    if not os.path.isfile(path):
-        raise ValueError(f"no such file: {path}")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, garbage, or an unsafe pickle: all one message
-        raise ValueError(f"{path} is corrupt or not a PyTorch file ({type(e).__name__})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a checkpoint of this VAE")
-    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
-    if missing:
-        raise ValueError(f"{path} is an incomplete checkpoint (no {', '.join(missing)})")
-    kinds = {"model_args": dict, "model": dict, "optimizer": dict, "epoch": int, "best_loss": (int, float),
-             "history": list, "args": dict, "rng": dict}
-    wrong = [key for key, kind in kinds.items()
-             if not isinstance(checkpoint[key], kind) or isinstance(checkpoint[key], bool)]
-    cpu_rng = checkpoint["rng"].get("cpu") if not wrong else None
-    if wrong or checkpoint["epoch"] < 0 or not is_rng_state(cpu_rng):
-        raise ValueError(f"{path} is a damaged checkpoint (bad {', '.join(wrong) or 'epoch or rng'})")
-    model_args = checkpoint["model_args"]
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
-    keep_prob = model_args.get("keep_prob", KEEP_PROB)
-    if not (set(model_args) <= {"dim_z", "n_hidden", "keep_prob"}
-            and all(whole(model_args.get(k)) and model_args[k] >= 1 for k in ("dim_z", "n_hidden"))
-            and isinstance(keep_prob, (int, float)) and not isinstance(keep_prob, bool)
-            and KEEP_PROB_MIN <= keep_prob <= 1):
-        raise ValueError(f"{path} has invalid model arguments {model_args!r}")
-    return checkpoint
-
-
-def is_rng_state(state):
-    """Whether state can be torch's CPU generator state (a uint8 tensor of its size)."""
-    return (isinstance(state, torch.Tensor) and state.dtype == torch.uint8
-            and state.shape == torch.get_rng_state().shape)
-
-
-def from_checkpoint(checkpoint):
-    """The VAE a checkpoint describes, with its weights (training mode, on the CPU).
-
-    The weights are checked against the model's shapes before any memory is spent on the model: a small
-    file that claims a huge model is refused at once.
-    """
-    try:
-        with torch.device("meta"):  # shapes only, no memory
-            expected = VAE(**checkpoint["model_args"]).state_dict()
-    except (RuntimeError, OverflowError) as e:
-        raise ValueError(f"the checkpoint's model arguments {checkpoint['model_args']} make no model "
-                         f"({str(e).splitlines()[0]})") from None
-    weights = checkpoint["model"]
-    bad = [name for name, t in expected.items() if not isinstance(weights.get(name), torch.Tensor)
-           or weights[name].shape != t.shape or weights[name].dtype != t.dtype]
-    if bad or set(weights) != set(expected):
-        wrong = bad or sorted(set(weights) ^ set(expected))
-        raise ValueError(f"the checkpoint's weights do not fit its model arguments {checkpoint['model_args']} "
-                         f"({len(wrong)} tensors differ, the first {wrong[0]})")
-    model = VAE(**checkpoint["model_args"])
-    model.load_state_dict(weights)
-    return model
-
-
-def restore_adam(model, learn_rate, state):
-    """adam(model, learn_rate) with a checkpoint's optimizer state, each moment checked against its weight.
-
-    Fused Adam trusts the state's sizes: a crafted file could make it read and write out of bounds, so
-    only state that has every parameter's exact shape, dtype and a finite step count is loaded, and the
-    hyperparameters are this code's own, never the file's. ValueError otherwise.
-    """
-    optimizer = adam(model, learn_rate)
-    params = list(model.parameters())
-    saved = state.get("state") if isinstance(state, dict) else None
-    if not isinstance(saved, dict) or set(saved) != set(range(len(params))):
-        raise ValueError("the checkpoint's optimizer state does not fit its model")
-    for i, p in enumerate(params):
-        entry = saved[i]
-        if not (isinstance(entry, dict) and set(entry) == {"step", "exp_avg", "exp_avg_sq"}
-                and all(isinstance(entry[k], torch.Tensor) and entry[k].shape == p.shape and entry[k].dtype == p.dtype
-                        and bool(torch.isfinite(entry[k]).all()) for k in ("exp_avg", "exp_avg_sq"))
-                and bool((entry["exp_avg_sq"] >= 0).all())
-                and isinstance(entry["step"], torch.Tensor) and entry["step"].shape == ()
-                and entry["step"].dtype == torch.float32
-                and math.isfinite(entry["step"].item()) and entry["step"].item() >= 1):
-            raise ValueError(f"the checkpoint's optimizer state does not fit its model (parameter {i})")
-    optimizer.load_state_dict({"state": saved, "param_groups": optimizer.state_dict()["param_groups"]})
-    return optimizer
-
-
 def load(path, device="cpu"):
-    """A trained VAE from a checkpoint.pt of run_main.py, in evaluation mode on device."""
-    return from_checkpoint(load_checkpoint(path)).to(device).eval()
+    """A trained VAE from a checkpoint.pt of run_main.py, in evaluation mode on device; ValueError if the file
+    is not a sound checkpoint of this project or its model does not fit in the device's free memory."""
+    import checkpoint  # the checkpoint's reader builds on this module
+    return checkpoint.model(checkpoint.read(path), device).eval()

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Binarized-MNIST likelihood runs for the README's "Comparison with the literature" table, one command
-# per row (no --resume stages).
-#   bash res/benchmark_nll.sh DATA_DIR [RUNS_DIR]
-# DATA_DIR holds MNIST/raw (here: ../shared/mnist). Each run keeps its full output under RUNS_DIR
+# Binarized-MNIST likelihood runs for the one-command rows of the README's "Comparison with the
+# literature" table, one command per row (the three-stage row's --resume commands are in
+# docs/likelihood.md).
+#   bash res/benchmark_nll.sh [DATA_DIR [RUNS_DIR]]
+# DATA_DIR holds MNIST/raw (default data). Each run keeps its full output under RUNS_DIR
 # (default results/nll). Test log p(x) is the importance-weighted bound with K = 5000 on the fixed
-# binarization of the 10,000 test images. About 3.5 hours one after another on a 2-core CPU (the
-# README's VAE row ran alone with two threads; the IWAE row with one thread, OMP_NUM_THREADS=1).
+# binarization of the 10,000 test images. About 3.5 hours one after another on a 2-core Intel Xeon
+# with AVX-512 BF16 and no AMX (torch 2.15.0, CPU); the README's 750-epoch VAE row ran alone with two
+# threads, its IWAE row with one thread (OMP_NUM_THREADS=1).
 source "$(dirname "$0")/run_helper.sh" results/nll "$@"
 
 # the original's architecture as is: 500-500 units, dim_z 20, dropout keep 0.9, Adam 1e-3

@@ -1,9 +1,11 @@
 # Sourced first by res/reproduce.sh and res/benchmark_nll.sh:
 #   source "$(dirname "$0")/run_helper.sh" DEFAULT_RUNS_DIR "$@"
-# Sets data (the script's DATA_DIR), runs (its RUNS_DIR, else DEFAULT_RUNS_DIR) and py; moves to the
-# repository root; clears the logs and times an earlier invocation left in the runs folder; defines run.
+# Sets data (the script's DATA_DIR, which holds MNIST/raw; default data; a relative path is taken from
+# the repository root), runs (its RUNS_DIR, else DEFAULT_RUNS_DIR) and py (python, or $PYTHON); moves
+# to the repository root; clears the logs and times a previous invocation left in the runs folder;
+# defines run.
 set -euo pipefail
-data=${2:?usage: bash $0 DATA_DIR [RUNS_DIR]  (DATA_DIR holds MNIST/raw)}
+data=${2:-data}
 runs=${3:-$1}
 py=${PYTHON:-python}
 cd "$(dirname "$0")/.."

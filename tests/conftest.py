@@ -73,3 +73,28 @@ def run_cli(*args, cwd=ROOT, timeout=240, **kwargs):
     """Run run_main.py in a subprocess; returns the CompletedProcess with text output."""
     return subprocess.run([sys.executable, os.path.join(ROOT, "run_main.py"), *map(str, args)],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def checkpoint_file(folder, model, name="checkpoint.pt"):
+    """A one-epoch checkpoint of model, with Adam's state after one step, written as a run writes it."""
+    import checkpoint
+    import vae
+    optimizer = vae.adam(model, 1e-3)
+    x = torch.rand(4, vae.DIM_IMG, generator=torch.Generator().manual_seed(0))
+    model.loss(x, x)[0].backward()
+    optimizer.step()
+    row = {k: 1.0 for k in checkpoint.METRICS}
+    row["epoch"] = 0
+    path = os.path.join(folder, name)
+    checkpoint.save(path, model, optimizer, epoch=1, best_loss=1.0, history=[row], args={},
+                    rng={"cpu": torch.get_rng_state()})
+    return path
+
+
+def usage_error(capsys, argv):
+    """Parse argv expecting a usage error; return its stderr."""
+    import cli
+    with pytest.raises(SystemExit) as exit_info:
+        cli.parse_args(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err

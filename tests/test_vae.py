@@ -1,9 +1,8 @@
 """vae.py: layers, initialisation, -ELBO terms, dropout, training, bf16, the importance-weighted bound,
-checkpoints and the Python API."""
+DReG, and the Python API."""
 import copy
 import math
 import os
-import re
 import subprocess
 import sys
 
@@ -12,7 +11,7 @@ import torch
 from torch import nn
 
 import vae
-from conftest import N_TEST, ROOT, synthetic_digits, write_mnist
+from conftest import N_TEST, ROOT, checkpoint_file, synthetic_digits, write_mnist
 
 
 def images(n, seed=0):
@@ -339,7 +338,7 @@ def test_train_epoch_reports_the_same_bound_with_dreg():
     model = vae.VAE(dim_z=3, n_hidden=32)
     x = images(16)
     figures = []
-    for gradient in vae.IW_GRADIENTS:
+    for gradient in ("iwae", "dreg"):
         copied = copy.deepcopy(model)
         torch.manual_seed(5)
         figures.append(vae.train_epoch(copied, vae.adam(copied, 1e-3), [(x, x)], k=3, gradient=gradient))
@@ -429,7 +428,7 @@ def test_bf16_training_follows_fp32():
     """Same seed, same 30 steps on a fixed batch: bf16 products lower the loss as fp32 does, within 1 nat."""
     x = images(128)
     losses = {}
-    for precision in vae.PRECISIONS:
+    for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         model = vae.VAE(dim_z=8, n_hidden=128)
         optimizer = vae.adam(model, 1e-3)
@@ -456,43 +455,6 @@ def test_bf16_runs_the_products_in_bfloat16_and_returns_fp32():
     with vae.autocast(torch.device("cpu"), "fp32"):
         model(x)
     assert seen[-1] == torch.float32
-
-
-def checkpoint_file(tmp_path, model):
-    path = tmp_path / "checkpoint.pt"
-    vae.save_checkpoint(path, model, vae.adam(model, 1e-3), epoch=1, best_loss=1.0, history=[], args={},
-                        rng={"cpu": torch.get_rng_state()})
-    return path
-
-
-def test_load_rebuilds_the_model_in_eval_mode(tmp_path):
-    torch.manual_seed(0)
-    model = vae.VAE(dim_z=3, n_hidden=24, keep_prob=0.8)
-    loaded = vae.load(checkpoint_file(tmp_path, model))
-    assert not loaded.training and (loaded.dim_z, loaded.n_hidden, loaded.keep_prob) == (3, 24, 0.8)
-    z = torch.randn(5, 3)
-    assert torch.equal(loaded.decode(z), model.eval().decode(z))
-
-
-def test_load_refuses_what_is_not_a_checkpoint(tmp_path):
-    torch.save({"format": vae.CHECKPOINT_FORMAT}, tmp_path / "format_only.pt")
-    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pt")
-    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
-    (tmp_path / "garbage.pt").write_bytes(os.urandom(500))
-    cases = {"format_only.pt": "incomplete checkpoint (no model_args, model, optimizer",
-             "pickled.pt": "corrupt or not a PyTorch file", "foreign.pt": "not a checkpoint of this VAE",
-             "garbage.pt": "corrupt", "missing.pt": "no such file"}
-    for name, needle in cases.items():
-        with pytest.raises(ValueError, match=re.escape(needle)):
-            vae.load(tmp_path / name)
-    state = torch.load(checkpoint_file(tmp_path, vae.VAE(2, 8)), weights_only=True)
-    torch.save({**state, "epoch": "2", "rng": {}}, tmp_path / "damaged.pt")
-    with pytest.raises(ValueError, match="damaged checkpoint \\(bad epoch\\)"):
-        vae.load_checkpoint(tmp_path / "damaged.pt")
-    state["model_args"]["n_hidden"] = 9
-    torch.save(state, tmp_path / "mismatch.pt")
-    with pytest.raises(ValueError, match="do not fit"):
-        vae.load(tmp_path / "mismatch.pt")
 
 
 def test_api_shapes_and_sampling():
@@ -522,14 +484,14 @@ def test_the_readmes_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     write_mnist(tmp_path / "data")
     (tmp_path / "results").mkdir()
     torch.manual_seed(0)
-    checkpoint_file(tmp_path / "results", vae.VAE(dim_z=3, n_hidden=16))
+    checkpoint_file(str(tmp_path / "results"), vae.VAE(dim_z=3, n_hidden=16))
     monkeypatch.chdir(tmp_path)
     exec(compile(readme_snippet(), "README.md", "exec"), {})
     shapes = capsys.readouterr().out.strip()
     assert shapes == f"torch.Size([16, 784]) torch.Size([{N_TEST}, 3]) torch.Size([8, 784])"
 
 
-# trust: crafted checkpoints, long evaluations, the API's inputs
+# the API's inputs, long evaluations
 
 def test_float64_images_are_accepted_as_float32():
     torch.manual_seed(0)
@@ -539,91 +501,25 @@ def test_float64_images_are_accepted_as_float32():
     assert model.reconstruct(x.double()).dtype == torch.float32
 
 
-def test_load_of_a_folder_says_it_is_a_folder(tmp_path):
-    with pytest.raises(ValueError, match="is a folder; give the checkpoint file in it"):
-        vae.load(tmp_path)
-
-
-def test_a_checkpoint_claiming_a_huge_model_is_refused_before_building_it(tmp_path):
-    state = torch.load(checkpoint_file(tmp_path, vae.VAE(2, 8)), weights_only=True)
-    state["model_args"]["n_hidden"] = 10**6  # 10^12 weights a layer: terabytes if it were built
-    torch.save(state, tmp_path / "bomb.pt")
-    built = []
-    original_init = vae.VAE.__init__
-
-    def counting_init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        built.append(next(self.parameters()).device.type)
-    vae.VAE.__init__ = counting_init
-    try:
-        with pytest.raises(ValueError, match="do not fit its model arguments"):
-            vae.load(tmp_path / "bomb.pt")
-    finally:
-        vae.VAE.__init__ = original_init
-    assert built == ["meta"]  # only the shapes were made
-
-
-@pytest.mark.parametrize("damage", ["keep_prob '0.5'", "keep_prob None", "keep_prob list", "keep_prob tiny",
-                                    "dim_z True", "rng size", "rng dtype", "best_loss bool"])
-def test_tampered_fields_are_refused_at_load(tmp_path, damage):
-    state = torch.load(checkpoint_file(tmp_path, vae.VAE(2, 8)), weights_only=True)
-    field, value = damage.split(" ", 1)
-    if field == "keep_prob":
-        state["model_args"]["keep_prob"] = {"'0.5'": "0.5", "None": None, "list": [0.5], "tiny": 1e-40}[value]
-    elif field == "dim_z":
-        state["model_args"]["dim_z"] = True
-    elif field == "rng":
-        rng = torch.get_rng_state()
-        state["rng"]["cpu"] = rng[:100] if value == "size" else rng.float()
-    else:
-        state["best_loss"] = True
-    torch.save(state, tmp_path / "tampered.pt")
-    with pytest.raises(ValueError, match="invalid model arguments|damaged checkpoint"):
-        vae.load_checkpoint(tmp_path / "tampered.pt")
-
-
-def trained_adam_state(model):
-    optimizer = vae.adam(model, 1e-3)
-    model.loss(images(4), images(4))[0].backward()
-    optimizer.step()
-    return optimizer.state_dict()
-
-
-@pytest.mark.parametrize("damage", ["one element moments", "another model's state", "missing parameter",
-                                    "float64 step", "negative second moment", "extra key", "amsgrad group"])
-def test_a_crafted_optimizer_state_is_refused_before_adam_sees_it(damage):
+def test_the_api_checks_its_inputs_and_says_what_it_expected():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=20, n_hidden=16, keep_prob=1.0)
-    state = trained_adam_state(model)
-    entries = state["state"]
-    if damage == "one element moments":  # fused Adam read and wrote out of bounds with this: a segfault
-        for v in entries.values():
-            v["exp_avg"], v["exp_avg_sq"] = torch.zeros(1), torch.zeros(1)
-    elif damage == "another model's state":
-        state = trained_adam_state(vae.VAE(dim_z=2, n_hidden=16, keep_prob=1.0))
-    elif damage == "missing parameter":
-        del entries[3]
-    elif damage == "float64 step":
-        entries[0]["step"] = entries[0]["step"].double()
-    elif damage == "negative second moment":
-        entries[1]["exp_avg_sq"] = -entries[1]["exp_avg_sq"] - 1
-    elif damage == "extra key":
-        entries[0]["max_exp_avg_sq"] = entries[0]["exp_avg_sq"]
-    if damage == "amsgrad group":  # the file's hyperparameters are never taken: this one loads, as plain Adam
-        state["param_groups"][0]["amsgrad"] = True
-        assert vae.restore_adam(model, 1e-3, state).param_groups[0]["amsgrad"] is False
-        return
-    with pytest.raises(ValueError, match="optimizer state does not fit its model"):
-        vae.restore_adam(model, 1e-3, state)
-
-
-def test_restored_adam_continues_exactly():
-    torch.manual_seed(0)
-    model = vae.VAE(dim_z=3, n_hidden=16, keep_prob=1.0)
-    state = trained_adam_state(model)
-    restored = vae.restore_adam(model, 1e-3, state)
-    assert all(torch.equal(a, b) for i in state["state"] for k, a in state["state"][i].items()
-               for b in [restored.state_dict()["state"][i][k]])
+    model = vae.VAE(dim_z=2, n_hidden=16).eval()
+    z = torch.zeros(3, 2)
+    assert model.decode(z.double()).dtype == model.decode(z.half()).dtype == torch.float32
+    bad_z = {"the wrong width": torch.zeros(3, 5), "one vector": torch.zeros(2), "integers": torch.zeros(3, 2).long(),
+             "NaN": torch.full((3, 2), float("nan")), "a list": [[0.0, 0.0]]}
+    for value in bad_z.values():
+        with pytest.raises(ValueError, match="expected"):
+            model.decode(value)
+    for n in (-1, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="expected a number of images"):
+            model.sample(n)
+    assert model.sample(0).shape == (0, 784)
+    x = images(3)
+    for bad in (x * 255, x.clone().fill_(float("nan")), x.clone().fill_(float("inf")), x - 1):
+        with pytest.raises(ValueError, match="expected pixel values in \\[0, 1\\]"):
+            model.encode(bad)
+    assert model.reconstruct(x * 2).shape == (3, 784)  # the original's noisy inputs reach 2
 
 
 def test_a_long_evaluation_stops_between_chunks_whatever_k(trained):
@@ -644,6 +540,3 @@ def test_a_long_evaluation_stops_between_chunks_whatever_k(trained):
     assert vae.iw_chunks(150, 5) == 2
 
 
-def test_cpu_info_names_the_cpu():
-    name, amx = vae.cpu_info()
-    assert isinstance(name, str) and name and isinstance(amx, bool)

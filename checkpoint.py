@@ -1,0 +1,250 @@
+"""checkpoint.pt, the one owner of its format: write it; read it and check every field a run uses; restore the
+model, Adam and the random state from it.
+
+Nothing in a file is used as it came: each tensor must have its exact shape and dtype and hold all its own
+elements, and the run gets this module's own contiguous copy (never a tensor shared between two fields); a
+random state is proven by loading it into a scratch generator; numbers must be finite.
+"""
+import hashlib
+import io
+import math
+import os
+from typing import NamedTuple
+
+import torch
+
+import hardware
+import vae
+
+FORMAT = "pytorch-mnist-vae checkpoint 1"
+KEYS = ("format", "model_args", "model", "optimizer", "epoch", "best_loss", "history", "args", "rng")
+# the figures of each finished epoch, in the history as in metrics.csv
+METRICS = ("epoch", "train_loss", "train_nll", "train_divergence", "test_loss", "test_nll", "test_divergence",
+           "seconds")
+# the history's names before the nll columns were called so (the same figures)
+RENAMED_METRICS = {"train_likelihood": "train_nll", "test_likelihood": "test_nll"}
+PLAIN = (bool, int, float, str, type(None))  # the kinds of value a saved flag may have
+
+
+class Checkpoint(NamedTuple):
+    """A checked checkpoint: every field copied into a form this code owns."""
+    path: str
+    digest: str  # sha256 of the file's bytes: whether it is still the file that was read
+    model_args: dict
+    weights: dict  # name -> contiguous float32 tensor of the model's shape
+    adam: list  # per parameter, in the model's order: {"step", "exp_avg", "exp_avg_sq"}
+    epoch: int  # epochs finished
+    best_loss: float
+    history: list  # one dict of METRICS per finished epoch
+    args: dict  # the run's flags, plain values (the command line checks the ones it uses)
+    rng: dict  # "cpu" (and "cuda" if saved): proven generator states
+
+
+def save(file, model, optimizer, **run):
+    """Write the model, its arguments, the optimizer and the run's state (epoch, history, ...) to a file."""
+    torch.save({"format": FORMAT, "model_args": model.model_args(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), **run}, file)
+
+
+def digest_of(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def read(path):
+    """Read and check a checkpoint of this project (tensors and plain data only, never code); ValueError saying
+    what is wrong. Runs no model: the weights and Adam's moments are checked against the shapes of the model
+    the file describes, built on the meta device."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; give the checkpoint file in it ({os.path.join(path, 'checkpoint.pt')})")
+    if not os.path.isfile(path):
+        raise ValueError(f"no such file: {path}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+    except MemoryError:
+        raise ValueError(f"{path} is too large to read into the memory there is") from None
+    except Exception as e:  # truncated, garbage, or an unsafe pickle: all one message
+        raise ValueError(f"{path} is corrupt or not a PyTorch file ({type(e).__name__})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a checkpoint of this VAE")
+    missing = [key for key in KEYS if key not in raw]
+    if missing:
+        raise ValueError(f"{path} is an incomplete checkpoint (no {', '.join(missing)})")
+    kinds = {"model_args": dict, "model": dict, "optimizer": dict, "epoch": int, "best_loss": (int, float),
+             "history": list, "args": dict, "rng": dict}
+    wrong = [key for key, kind in kinds.items() if not isinstance(raw[key], kind) or isinstance(raw[key], bool)]
+    if wrong:
+        raise ValueError(f"{path} is a damaged checkpoint (bad {', '.join(wrong)})")
+
+    def damaged(what):
+        return ValueError(f"{path} is a damaged checkpoint (bad {what})")
+    if not 1 <= raw["epoch"] <= 10**9:
+        raise damaged("epoch")
+    if not math.isfinite(raw["best_loss"]):
+        raise damaged("best_loss")
+    model_args = check_model_args(raw["model_args"], path)
+    expected = meta_state(model_args)
+    weights = {}
+    for name, shape in expected.items():
+        weights[name] = owned(raw["model"].get(name), shape)
+        if weights[name] is None:
+            break
+    if None in weights.values() or set(raw["model"]) != set(expected):
+        wrong = [n for n, w in weights.items() if w is None] or sorted(set(raw["model"]) ^ set(expected))
+        raise ValueError(f"the checkpoint's weights do not fit its model arguments {model_args} "
+                         f"({len(wrong)} tensors differ, the first {wrong[0]})")
+    if not all(bool(torch.isfinite(w).all()) for w in weights.values()):
+        raise damaged("weights: not finite")
+    return Checkpoint(path, digest_of(data), model_args, weights, check_adam(raw["optimizer"], expected),
+                      raw["epoch"], float(raw["best_loss"]), check_history(raw["history"], raw["epoch"], damaged),
+                      check_args(raw["args"], damaged), check_rng(raw["rng"], damaged))
+
+
+def unchanged(checkpoint):
+    """Whether the file is still the one that was read (another run may have written it since)."""
+    try:
+        with open(checkpoint.path, "rb") as f:
+            return digest_of(f.read()) == checkpoint.digest
+    except OSError:
+        return False
+
+
+def check_model_args(model_args, path):
+    """The model's arguments, checked and copied: dim_z and n_hidden whole numbers, keep_prob a probability."""
+    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= vae.MAX_WIDTH  # noqa: E731
+    keep_prob = model_args.get("keep_prob", vae.KEEP_PROB)
+    if not (set(model_args) <= {"dim_z", "n_hidden", "keep_prob"}
+            and all(whole(model_args.get(k)) for k in ("dim_z", "n_hidden"))
+            and isinstance(keep_prob, (int, float)) and not isinstance(keep_prob, bool)
+            and vae.KEEP_PROB_MIN <= keep_prob <= 1):
+        raise ValueError(f"{path} has invalid model arguments {model_args!r}")
+    return {"dim_z": model_args["dim_z"], "n_hidden": model_args["n_hidden"], "keep_prob": float(keep_prob)}
+
+
+def meta_state(model_args):
+    """The model's tensors' names and shapes, in its parameters' order, from a model on the meta device."""
+    with torch.device("meta"):  # shapes only, no memory
+        model = vae.VAE(**model_args)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def owned(t, shape, dtype=torch.float32):
+    """This code's own contiguous copy of t, or None unless t is a dense CPU tensor of exactly this shape and
+    dtype whose storage holds exactly its elements (no stride-0 expansion, no view into something larger)."""
+    if not (isinstance(t, torch.Tensor) and type(t) is torch.Tensor and t.layout == torch.strided
+            and t.device.type == "cpu" and t.dtype == dtype and tuple(t.shape) == tuple(shape)
+            and t.untyped_storage().nbytes() == t.numel() * t.element_size()):
+        return None
+    copy = torch.empty(shape, dtype=dtype)
+    copy.copy_(t)
+    return copy
+
+
+def check_adam(state, expected):
+    """Adam's state, one entry per parameter in the model's order: the exact shape, finite moments, a second
+    moment never negative, a finite step of at least 1. Fused Adam trusts the moments' memory, so it only
+    ever sees these copies; the hyperparameters are this code's own, never the file's."""
+    saved = state.get("state")
+    if not isinstance(saved, dict) or set(saved) != set(range(len(expected))):
+        raise ValueError("the checkpoint's optimizer state does not fit its model")
+    adam = []
+    for i, shape in enumerate(expected.values()):
+        entry = saved[i]
+        ok = isinstance(entry, dict) and set(entry) == {"step", "exp_avg", "exp_avg_sq"}
+        moments = {k: owned(entry[k], shape) for k in ("exp_avg", "exp_avg_sq")} if ok else {}
+        step = owned(entry["step"], ()) if ok else None
+        if not (ok and None not in moments.values() and step is not None
+                and all(bool(torch.isfinite(m).all()) for m in moments.values())
+                and bool((moments["exp_avg_sq"] >= 0).all())
+                and math.isfinite(step.item()) and 1 <= step.item() <= 2**24):
+            raise ValueError(f"the checkpoint's optimizer state does not fit its model (parameter {i})")
+        adam.append({"step": step, **moments})
+    return adam
+
+
+def check_history(history, epochs, damaged):
+    """One row per finished epoch, numbered from 0, every figure a finite number; older column names renamed."""
+    rows = []
+    for i, row in enumerate(history):
+        if not isinstance(row, dict):
+            raise damaged("history")
+        row = {RENAMED_METRICS.get(k, k): v for k, v in row.items()}
+        if not (row.get("epoch") == i and not isinstance(row["epoch"], bool) and all(
+                isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
+                and math.isfinite(row[k]) for k in METRICS) and row["seconds"] >= 0):
+            raise damaged("history")
+        rows.append({"epoch": i, **{k: float(row[k]) for k in METRICS[1:]}})
+    if len(rows) != epochs:
+        raise damaged("history")
+    return rows
+
+
+def check_args(args, damaged):
+    """The saved flags, copied: names to plain values (the command line checks each one it uses)."""
+    if not all(isinstance(k, str) and isinstance(v, PLAIN) for k, v in args.items()):
+        raise damaged("args")
+    return dict(args)
+
+
+def check_rng(rng, damaged):
+    """The random states, each proven by loading it into a scratch generator."""
+    cpu = owned(rng.get("cpu"), tuple(torch.get_rng_state().shape), torch.uint8)
+    if cpu is None or not loads(torch.Generator(), cpu):
+        raise damaged("rng")
+    states = {"cpu": cpu}
+    if "cuda" in rng:
+        cuda = rng["cuda"]
+        cuda = owned(cuda, tuple(cuda.shape), torch.uint8) if isinstance(cuda, torch.Tensor) and cuda.dim() == 1 \
+            else None
+        if cuda is None or (torch.cuda.is_available() and not loads(torch.Generator(device="cuda"), cuda)):
+            raise damaged("rng")
+        states["cuda"] = cuda
+    return states
+
+
+def loads(generator, state):
+    """Whether a generator accepts the state."""
+    try:
+        generator.set_state(state)
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
+
+
+def rng_state(device):
+    """The random states a resumed run needs to continue the same stream."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def model(checkpoint, device="cpu"):
+    """The VAE the checkpoint describes, with its weights, in training mode on device. The memory it takes is
+    checked first: ValueError if the device has not that much free."""
+    device = torch.device(device)
+    args = checkpoint.model_args
+    need, free = 4 * vae.parameter_count(args["dim_z"], args["n_hidden"]), hardware.available_memory(device.type)
+    if free is not None and need > free:
+        raise ValueError(f"the checkpoint's model needs about {hardware.gigabytes(need)} of memory; "
+                         f"{hardware.gigabytes(free)} is available")
+    with torch.device("meta"):
+        built = vae.VAE(**checkpoint.model_args)
+    built.load_state_dict({name: w.clone() for name, w in checkpoint.weights.items()}, assign=True)
+    return built.to(device)
+
+
+def restore(checkpoint, device, learn_rate):
+    """The model, Adam (with its moments) and the random streams where the checkpoint left them."""
+    restored = model(checkpoint, device)
+    optimizer = vae.adam(restored, learn_rate)
+    optimizer.load_state_dict({"state": {i: {k: t.clone() for k, t in entry.items()}
+                                         for i, entry in enumerate(checkpoint.adam)},
+                               "param_groups": optimizer.state_dict()["param_groups"]})
+    torch.set_rng_state(checkpoint.rng["cpu"])
+    if device.type == "cuda" and "cuda" in checkpoint.rng:
+        torch.cuda.set_rng_state(checkpoint.rng["cuda"], device)
+    return restored, optimizer

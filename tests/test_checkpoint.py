@@ -1,0 +1,222 @@
+"""checkpoint.py: what a checkpoint must be to be read, the copies the run gets, and restoring from it."""
+import os
+import re
+import time
+
+import pytest
+import torch
+
+import checkpoint
+import hardware
+import vae
+from conftest import checkpoint_file
+
+
+@pytest.fixture
+def good(tmp_path):
+    """A sound checkpoint of a small model, and the model."""
+    torch.manual_seed(0)
+    model = vae.VAE(dim_z=3, n_hidden=24, keep_prob=0.8)
+    return checkpoint_file(tmp_path, model), model
+
+
+def edited(path, change, name="edited.pt"):
+    """A copy of the checkpoint at path, changed by change(dict) as a user with torch.load and torch.save would."""
+    raw = torch.load(path, weights_only=True)
+    change(raw)
+    out = os.path.join(os.path.dirname(path), name)
+    torch.save(raw, out)
+    return out
+
+
+def test_load_rebuilds_the_model_in_eval_mode(good):
+    path, model = good
+    loaded = vae.load(path)
+    assert not loaded.training and (loaded.dim_z, loaded.n_hidden, loaded.keep_prob) == (3, 24, 0.8)
+    z = torch.randn(5, 3)
+    assert torch.equal(loaded.decode(z), model.eval().decode(z))
+    assert all(p.requires_grad for p in loaded.parameters())
+
+
+def test_what_is_not_a_checkpoint_is_refused_saying_why(tmp_path):
+    torch.save({"format": checkpoint.FORMAT}, tmp_path / "format_only.pt")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "pickled.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    (tmp_path / "garbage.pt").write_bytes(os.urandom(500))
+    cases = {"format_only.pt": "incomplete checkpoint (no model_args, model, optimizer",
+             "pickled.pt": "corrupt or not a PyTorch file", "foreign.pt": "not a checkpoint of this VAE",
+             "garbage.pt": "corrupt", "missing.pt": "no such file", "": "is a folder; give the checkpoint file in it"}
+    for name, needle in cases.items():
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            vae.load(tmp_path / name)
+
+
+def expanded(t):
+    """The same shape with every element one stored value: a stride-0 tensor of a one-element storage."""
+    return torch.zeros(1, dtype=t.dtype).expand(*t.shape)
+
+
+def set_moment(entry, key, make):
+    def change(raw):
+        state = raw["optimizer"]["state"][entry]
+        state[key] = make(state)
+    return change
+
+
+def set_field(*keys, value):
+    def change(raw):
+        target = raw
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value(target[keys[-1]]) if callable(value) else value
+    return change
+
+
+DAMAGED = {
+    "epoch as text": (set_field("epoch", value="2"), "bad epoch"),
+    "epoch 0": (set_field("epoch", value=0), "bad epoch"),
+    "epoch True": (set_field("epoch", value=True), "bad epoch"),
+    "best_loss NaN": (set_field("best_loss", value=float("nan")), "bad best_loss"),
+    "best_loss bool": (set_field("best_loss", value=True), "bad best_loss"),
+    "history NaN": (lambda raw: raw["history"][0].update(test_loss=float("nan")), "bad history"),
+    "history inf": (lambda raw: raw["history"][0].update(train_nll=float("inf")), "bad history"),
+    "history empty": (set_field("history", value=[]), "bad history"),
+    "keep_prob text": (set_field("model_args", "keep_prob", value="0.5"), "invalid model arguments"),
+    "keep_prob tiny": (set_field("model_args", "keep_prob", value=1e-40), "invalid model arguments"),
+    "dim_z True": (set_field("model_args", "dim_z", value=True), "invalid model arguments"),
+    "n_hidden 10**200": (set_field("model_args", "n_hidden", value=10**200), "invalid model arguments"),
+    "rng short": (set_field("rng", "cpu", value=lambda t: t[:100].clone()), "bad rng"),
+    "rng float": (set_field("rng", "cpu", value=lambda t: t.float()), "bad rng"),
+    "rng zeros": (set_field("rng", "cpu", value=lambda t: torch.zeros_like(t)), "bad rng"),
+    "rng random bytes": (set_field("rng", "cpu", value=lambda t: torch.randint(0, 256, t.shape, dtype=torch.uint8)),
+                         "bad rng"),
+    "rng stride 0": (set_field("rng", "cpu", value=expanded), "bad rng"),
+    "args not plain": (set_field("args", value={"learn_rate": torch.ones(1)}), "bad args"),
+    "weight NaN": (lambda raw: raw["model"]["encoder.net.0.weight"].fill_(float("nan")), "not finite"),
+    "weight inf": (lambda raw: raw["model"]["decoder.net.6.bias"].fill_(float("inf")), "not finite"),
+    "weight stride 0": (set_field("model", "encoder.net.3.weight", value=expanded), "do not fit"),
+    "weight float64": (set_field("model", "encoder.net.3.weight", value=lambda t: t.double()), "do not fit"),
+    "weight a view of more": (set_field("model", "decoder.net.0.bias", value=lambda t: torch.cat([t, t])[:len(t)]),
+                              "do not fit"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED))
+def test_a_damaged_checkpoint_is_refused_when_read(good, damage):
+    change, needle = DAMAGED[damage]
+    path = edited(good[0], change)
+    with pytest.raises(ValueError, match=re.escape(needle)):
+        checkpoint.read(path)
+
+
+def test_a_small_file_claiming_a_huge_model_is_refused_before_any_model_is_built(tmp_path, good, monkeypatch):
+    """Each weight a stride-0 view of one stored zero: a 60,000-unit model's shapes in a file of kilobytes."""
+    def bomb(raw):
+        raw["model_args"]["n_hidden"] = 60000
+        shapes = checkpoint.meta_state(raw["model_args"])
+        raw["model"] = {name: torch.zeros(1).expand(*shape) for name, shape in shapes.items()}
+    path = edited(good[0], bomb)
+    assert os.path.getsize(path) < 10**6  # the model it claims would take 14 GB
+    built = []
+    original = vae.VAE.__init__
+
+    def counting(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        built.append(next(self.parameters()).device.type)
+    monkeypatch.setattr(vae.VAE, "__init__", counting)
+    with pytest.raises(ValueError, match="do not fit its model arguments"):
+        vae.load(path)
+    assert built == ["meta"]  # only the shapes were made
+
+
+def test_a_model_larger_than_the_free_memory_is_refused_before_it_is_built(good, monkeypatch):
+    monkeypatch.setattr(hardware, "available_memory", lambda device_type: 1000)
+    with pytest.raises(ValueError, match="the checkpoint's model needs about .* of memory; 1e-06 GB is available"):
+        vae.load(good[0])
+
+
+OPTIMIZER_REFUSED = {
+    "one element moments": lambda raw: [v.update(exp_avg=torch.zeros(1), exp_avg_sq=torch.zeros(1))
+                                        for v in raw["optimizer"]["state"].values()],
+    "a stride-0 first moment": set_moment(0, "exp_avg", lambda s: expanded(s["exp_avg"])),
+    "a stride-0 second moment": set_moment(0, "exp_avg_sq", lambda s: expanded(s["exp_avg_sq"])),
+    "both moments of parameter 10 stride 0": lambda raw: raw["optimizer"]["state"][10].update(
+        exp_avg=expanded(raw["optimizer"]["state"][10]["exp_avg"]),
+        exp_avg_sq=expanded(raw["optimizer"]["state"][10]["exp_avg_sq"])),
+    "missing parameter": lambda raw: raw["optimizer"]["state"].pop(3),
+    "float64 step": set_moment(0, "step", lambda s: s["step"].double()),
+    "NaN step": set_moment(0, "step", lambda s: torch.tensor(float("nan"))),
+    "negative second moment": set_moment(1, "exp_avg_sq", lambda s: -s["exp_avg_sq"] - 1),
+    "NaN first moment": set_moment(2, "exp_avg", lambda s: s["exp_avg"].fill_(float("nan"))),
+    "extra key": set_moment(0, "max_exp_avg_sq", lambda s: s["exp_avg_sq"]),
+}
+
+
+@pytest.mark.parametrize("damage", list(OPTIMIZER_REFUSED))
+def test_a_crafted_optimizer_state_is_refused_when_read(good, damage):
+    path = edited(good[0], OPTIMIZER_REFUSED[damage])
+    with pytest.raises(ValueError, match="optimizer state does not fit its model"):
+        checkpoint.read(path)
+
+
+def adam_state(optimizer, i):
+    return optimizer.state_dict()["state"][i]
+
+
+def test_moments_in_another_layout_or_shared_are_copied_into_the_runs_own_tensors(good):
+    """A transposed layout of the same values, or one tensor for both moments: the run gets its own contiguous
+    copies with the values the file means (fused Adam reads the memory as it lies)."""
+    path, _ = good
+    read = checkpoint.read(path)
+    moments = read.adam[2]
+
+    def transposed_and_shared(raw):
+        state = raw["optimizer"]["state"]
+        state[2]["exp_avg"] = state[2]["exp_avg"].t().contiguous().t()
+        state[4]["exp_avg"] = state[4]["exp_avg_sq"]
+    other = checkpoint.read(edited(path, transposed_and_shared))
+    assert torch.equal(other.adam[2]["exp_avg"], moments["exp_avg"]) and other.adam[2]["exp_avg"].is_contiguous()
+    first, second = (other.adam[4][k].untyped_storage().data_ptr() for k in ("exp_avg", "exp_avg_sq"))
+    assert first != second  # one tensor in the file, two of the run's own
+    _, optimizer = checkpoint.restore(other, torch.device("cpu"), 1e-3)
+    assert torch.equal(adam_state(optimizer, 2)["exp_avg"], moments["exp_avg"])
+    assert adam_state(optimizer, 2)["exp_avg"].is_contiguous()
+
+
+def test_restored_adam_and_random_stream_continue_exactly(good):
+    path, model = good
+    read = checkpoint.read(path)
+    saved = torch.load(path, weights_only=True)
+    torch.manual_seed(123)
+    restored, optimizer = checkpoint.restore(read, torch.device("cpu"), 1e-3)
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["cpu"])
+    for i, entry in saved["optimizer"]["state"].items():
+        assert all(torch.equal(adam_state(optimizer, i)[k], v) for k, v in entry.items())
+    assert optimizer.param_groups[0]["amsgrad"] is False and optimizer.param_groups[0]["lr"] == 1e-3
+    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), model.state_dict().values(),
+                                                 strict=True))
+
+
+def test_the_files_hyperparameters_are_never_taken(good):
+    path = edited(good[0], lambda raw: raw["optimizer"]["param_groups"][0].update(amsgrad=True, lr=5.0))
+    _, optimizer = checkpoint.restore(checkpoint.read(path), torch.device("cpu"), 1e-3)
+    assert optimizer.param_groups[0]["amsgrad"] is False and optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_older_history_names_are_migrated_on_the_copy_not_in_the_file(good):
+    def older(raw):
+        row = raw["history"][0]
+        row["train_likelihood"], row["test_likelihood"] = row.pop("train_nll"), row.pop("test_nll")
+    path = edited(good[0], older)
+    read = checkpoint.read(path)
+    assert set(read.history[0]) == set(checkpoint.METRICS)
+    assert "train_likelihood" in torch.load(path, weights_only=True)["history"][0]
+
+
+def test_unchanged_tells_whether_the_file_is_still_the_one_read(good):
+    path, model = good
+    read = checkpoint.read(path)
+    assert checkpoint.unchanged(read)
+    time.sleep(0.01)
+    checkpoint_file(os.path.dirname(path), model)  # another run writes the same name again
+    assert not checkpoint.unchanged(read)
