@@ -153,6 +153,13 @@ def rule(f):
     return f"from {f.low:g} to {f.high:g}" if kind(f) is float else f"from {f.low} to {f.high}"
 
 
+def shown(value):
+    """A value for a message: a number of more than 15 digits as its number of digits."""
+    if isinstance(value, int) and not isinstance(value, bool) and len(str(abs(value))) > 15:
+        return f"a number of {len(str(abs(value)))} digits"
+    return f"{value:g}" if isinstance(value, float) else repr(value) if isinstance(value, str) else str(value)
+
+
 def problem(f, value):
     """Why value is not one f takes (None when it is): its type, its range, its choices, a finite number."""
     want = kind(f)
@@ -160,15 +167,15 @@ def problem(f, value):
         try:
             value = float(value)
         except OverflowError:
-            return f"must be {rule(f)} (got {value:.3g})"
+            return f"must be {rule(f)} (got {shown(value)})"
     if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
-        return f"must be a{'n' if want is int else ''} {want.__name__} (got {value!r})"
+        return f"must be a{'n' if want is int else ''} {want.__name__} (got {shown(value)})"
     if f.choices and value not in f.choices:
-        return f"must be {rule(f)} (got {value!r})"
+        return f"must be {rule(f)} (got {shown(value)})"
     if f.low is not None:
         inside = f.low < value if f.open_low else f.low <= value
         if not (inside and value <= f.high and (want is int or math.isfinite(value))):
-            return f"must be {rule(f)} (got {value:g})" if want is float else f"must be {rule(f)} (got {value})"
+            return f"must be {rule(f)} (got {shown(value)})"
     return None
 
 

@@ -7,7 +7,9 @@ the same architecture from the same initialisation and hyper-parameters, alterna
 one process. The floors are the time of the epoch's matrix products alone (forward and backward), in
 fp32 and in bf16, measured here too. Prints figures; it is not a test.
 
-    python benchmarks/epoch_speed.py --data_dir ../shared/mnist
+    python benchmarks/epoch_speed.py --data_dir data
+
+On CUDA every time is taken between synchronisations (torch.cuda.synchronize).
 """
 import argparse
 import os
@@ -29,6 +31,7 @@ from torchvision.transforms.functional import to_tensor
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import hardware  # noqa: E402
 import mnist_data  # noqa: E402
 import vae  # noqa: E402
 
@@ -132,10 +135,9 @@ def peak_rss_of_full_run(data_dir, device, epochs):
 
 
 def main():
-    default_dir = os.path.join(ROOT, "..", "shared", "mnist")
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data_dir", default=default_dir if os.path.isdir(default_dir) else None,
-                   help="MNIST folder (default ../shared/mnist when present; else random data of MNIST's shape)")
+    p.add_argument("--data_dir", default="data" if os.path.isdir(mnist_data.raw_folder("data")) else None,
+                   help="folder holding MNIST/raw (default data when it has MNIST; else random data of MNIST's shape)")
     p.add_argument("--epochs", type=int, default=5, help="epochs of each way, alternating")
     p.add_argument("--dim_z", type=int, default=20)
     p.add_argument("--n_hidden", type=int, default=500)
@@ -189,7 +191,7 @@ def main():
     median = {name: statistics.median(t) for name, t in times.items()}
     ours_s, bf16_s, common_s = median["ours"], median["ours bf16"], median["common"]
     f32_floor, bf16_floor = floor[torch.float32], floor[torch.bfloat16]
-    cpu, amx = vae.cpu_info()
+    cpu, amx = hardware.cpu_info()
     cpu = platform.processor() if cpu == "unknown" else cpu
     where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
              f"{cpu}, {'with' if amx else 'without'} AMX, {torch.get_num_threads()} threads")

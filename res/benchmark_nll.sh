@@ -24,7 +24,7 @@ run iwae --binarize True --keep_prob 1.0 --dim_z 50 --output_bias mean --lr_sche
 "$py" - "$runs" "$data" <<'PY'
 import csv, json, os, sys
 import torch
-import mnist_data, vae
+import checkpoint, mnist_data, vae
 runs, data_dir = sys.argv[1:]
 data = mnist_data.load_mnist(data_dir, torch.device("cpu"))
 train_x = mnist_data.bernoulli(data.train_x[:1000], torch.Generator().manual_seed(mnist_data.BINARIZE_SEED))
@@ -37,8 +37,7 @@ for name in ("original", "vae", "iwae"):
         continue
     rows = list(csv.DictReader(open(os.path.join(folder, "metrics.csv"))))
     evaluation = json.load(open(os.path.join(folder, "evaluation.json")))
-    checkpoint = vae.load_checkpoint(os.path.join(folder, "checkpoint.pt"))
-    k = checkpoint["args"].get("iw_train", 1)
+    k = checkpoint.read(os.path.join(folder, "checkpoint.pt")).args.get("iw_train", 1)
     model = vae.load(os.path.join(folder, "checkpoint.pt"))
     torch.manual_seed(0)
     train_nll = -vae.mean_log_likelihood(model, train_x, train_x, 5000)

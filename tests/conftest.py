@@ -80,7 +80,7 @@ def checkpoint_file(folder, model, name="checkpoint.pt"):
     import checkpoint
     import vae
     optimizer = vae.adam(model, 1e-3)
-    x = torch.rand(4, vae.DIM_IMG, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(4, vae.DIM_IMG, generator=torch.Generator().manual_seed(0)).to(next(model.parameters()).device)
     model.loss(x, x)[0].backward()
     optimizer.step()
     row = {k: 1.0 for k in checkpoint.METRICS}
@@ -98,3 +98,8 @@ def usage_error(capsys, argv):
         cli.parse_args(argv)
     assert exit_info.value.code == 2
     return capsys.readouterr().err
+
+
+# the devices a test that takes one runs on: the CPU, and CUDA where there is one (skipped, not failed, without)
+DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                               reason="no CUDA device"))]

@@ -9,7 +9,7 @@ import torch
 import checkpoint
 import hardware
 import vae
-from conftest import checkpoint_file
+from conftest import DEVICES, checkpoint_file
 
 
 @pytest.fixture
@@ -220,3 +220,16 @@ def test_unchanged_tells_whether_the_file_is_still_the_one_read(good):
     time.sleep(0.01)
     checkpoint_file(os.path.dirname(path), model)  # another run writes the same name again
     assert not checkpoint.unchanged(read)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_checkpoint_made_on_one_device_loads_on_another(good, tmp_path, device):
+    path, model = good
+    z = torch.randn(5, 3)
+    loaded = vae.load(path, device=device)  # made on the CPU
+    assert next(loaded.parameters()).device.type == device
+    assert torch.allclose(loaded.decode(z.to(device)).cpu(), model.eval().decode(z), atol=1e-5)
+    made_there = checkpoint_file(str(tmp_path), loaded.train(), name="there.pt")  # made on the device
+    back = vae.load(made_there)
+    assert next(back.parameters()).device.type == "cpu"
+    assert torch.allclose(back.decode(z), loaded.eval().decode(z.to(device)).cpu(), atol=1e-5)

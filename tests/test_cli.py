@@ -12,7 +12,7 @@ import cli
 import hardware
 import safety
 import vae
-from conftest import ROOT, run_cli, usage_error
+from conftest import ROOT, checkpoint_file, run_cli, usage_error
 
 SEED_DEFAULTS = dict(dim_z=20, results_path="results", add_noise=False, n_hidden=500, learn_rate=1e-3,
                      num_epochs=20, batch_size=128, PRR=True, PRR_n_img_x=10, PRR_n_img_y=10,
@@ -215,3 +215,17 @@ def test_the_continue_command_names_the_interpreter_that_ran(monkeypatch, tmp_pa
     assert safety.python_command() == sys.executable
     (tmp_path / "python").symlink_to(sys.executable)
     assert safety.python_command() == "python"
+
+
+SAVED_OUT_OF_RANGE = {"kl_warmup": 10**400, "iw_train": 10**310, "batch_size": 10**310, "learn_rate": 10**400,
+                      "num_epochs": -7, "precision": "fp8", "binarize": 1}
+
+
+@pytest.mark.parametrize("name", list(SAVED_OUT_OF_RANGE))
+def test_a_checkpoints_saved_flags_are_checked_as_flags_are(tmp_path, capsys, name):
+    path = checkpoint_file(str(tmp_path), vae.VAE(dim_z=2, n_hidden=8))
+    raw = torch.load(path, weights_only=True)
+    raw["args"] = {"lr_schedule": "cosine", name: SAVED_OUT_OF_RANGE[name]}
+    torch.save(raw, path)
+    err = usage_error(capsys, ["--resume", path, "--num_epochs", "3"])
+    assert f"is a damaged checkpoint (bad args {name}: must be" in err and err.count("\n") == 1, err

@@ -29,7 +29,7 @@ import run_main
 import safety
 import vae
 from checkpoint import FORMAT, METRICS
-from conftest import FAST, ROOT, usage_error
+from conftest import DEVICES, FAST, ROOT, usage_error
 
 EPOCH_LINE = re.compile(r"^epoch (\d+): L_tot \d+\.\d\d L_likelihood \d+\.\d\d L_divergence \d+\.\d\d"
                         r" \| test L_tot \d+\.\d\d L_likelihood \d+\.\d\d L_divergence \d+\.\d\d \| [\d.]+ s$")
@@ -737,3 +737,135 @@ def test_a_checkpoint_with_the_older_column_names_resumes(small_run, mnist_dir, 
     assert done.status == 0, done.stderr
     rows = metrics(path.parent)
     assert list(rows[0]) == list(METRICS) and all(row["test_nll"] for row in rows) and len(rows) == 2
+
+
+# what a run refuses, and what it survives
+
+def test_a_resume_refuses_a_checkpoint_another_run_wrote_after_it_was_read(small_run, mnist_dir, tmp_path,
+                                                                          monkeypatch):
+    """Run B reads F's checkpoint; run A writes F's next epoch before B takes F's lock: B must not go on and
+    write over A's epoch."""
+    folder = tmp_path / "F"
+    shutil.copytree(small_run, folder)
+    newer = run("--num_epochs", "2", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path",
+                tmp_path / "A")
+    assert newer.status == 0, newer.stderr
+    real_build = run_main.build_run
+
+    def then_another_run_writes(plan, data):
+        built = real_build(plan, data)
+        shutil.copy(tmp_path / "A" / "checkpoint.pt", folder / "checkpoint.pt")  # A's epoch 2, as A writes it
+        return built
+    monkeypatch.setattr(run_main, "build_run", then_another_run_writes)
+    done = run("--num_epochs", "4", "--learn_rate", "3e-4", *FAST, "--PRR", "False", "--data_dir", mnist_dir,
+               "--resume", folder / "checkpoint.pt")
+    one_line_error(done, 1, "was written by another run after this one read it; run the command again")
+    assert (folder / "checkpoint.pt").read_bytes() == (tmp_path / "A" / "checkpoint.pt").read_bytes()
+    assert not any(name.startswith("previous_run") for name in os.listdir(folder))
+    assert len(metrics(folder)) == 1  # the folder's own metrics.csv, untouched
+
+
+def test_a_signal_while_a_resume_only_draws_is_heard(small_run, mnist_dir, tmp_path, monkeypatch):
+    import plot_utils
+    real_grid = plot_utils.save_grid
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_grid(*args, **kwargs)
+    monkeypatch.setattr(plot_utils, "save_grid", signalled)
+    done = run("--num_epochs", "1", "--PRS", "True", "--PRR", "False", *FAST, "--data_dir", mnist_dir,
+               "--results_path", tmp_path,
+               "--resume", small_run / "checkpoint.pt")
+    one_line_error(done, 130, f"interrupted while drawing the pictures; {small_run / 'checkpoint.pt'} holds all 1")
+
+
+def test_only_the_raw_idx_files_are_read(mnist_dir, tmp_path):
+    """torchvision's legacy processed/*.pt files, if a folder has them, are never read in place of the raw files."""
+    data = tmp_path / "data"
+    shutil.copytree(mnist_dir, data)
+    processed = data / "MNIST" / "processed"
+    processed.mkdir()
+    for name, n in (("training.pt", 5256), ("test.pt", 200)):
+        torch.save((torch.zeros(n, 28, 28, dtype=torch.uint8), torch.zeros(n, dtype=torch.long)), processed / name)
+    runs = [run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", d, "--results_path", tmp_path / str(i))
+            for i, d in enumerate((mnist_dir, data))]
+    assert [r.status for r in runs] == [0, 0]
+    assert without_seconds(metrics(tmp_path / "0")) == without_seconds(metrics(tmp_path / "1"))
+
+
+ALLOCATOR = RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
+                         "you tried to allocate 31000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def test_out_of_memory_is_one_line_naming_its_cause(small_run, mnist_dir, tmp_path, monkeypatch):
+    import mnist_data
+
+    def no_memory(*args, **kwargs):
+        raise ALLOCATOR
+    monkeypatch.setattr(vae, "train_epoch", no_memory)
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", tmp_path / "a")
+    one_line_error(done, 1, "out of memory while training (try a smaller --n_hidden, --batch_size or --iw_train)")
+    monkeypatch.setattr(mnist_data, "load_mnist", no_memory)
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", tmp_path / "b")
+    one_line_error(done, 1, f"out of memory loading MNIST from {mnist_dir}")
+    assert not (tmp_path / "b").exists()
+
+
+def test_resume_messages_say_what_is_true(small_run, mnist_dir, tmp_path, capsys):
+    def older_and_cosine(checkpoint):  # a run planned over 5 epochs, from before the training options
+        for name in ("lr_schedule", "iw_train", "kl_warmup", "lr_min", "iw_gradient"):
+            checkpoint["args"].pop(name)
+    path = tampered(small_run, tmp_path, older_and_cosine)
+    done = run("--num_epochs", "2", "--lr_schedule", "cosine", "--iw_train", "2", "--kl_warmup", "1", *FAST,
+               "--PRR", "False", "--data_dir", mnist_dir, "--resume", path)
+    assert done.status == 0, done.stderr
+    for line in ("--lr_schedule is now cosine (the checkpoint's run used constant)",
+                 "--iw_train is now 2 (the checkpoint's run used 1)",
+                 "--kl_warmup is now 1 (the checkpoint's run used 0)"):
+        assert line in done.stdout, done.stdout
+    planned = tampered(small_run, tmp_path, lambda c: c["args"].update(lr_schedule="cosine", num_epochs=5))
+    done = run("--num_epochs", "1", *FAST, "--PRR", "False", "--data_dir", mnist_dir, "--resume", planned)
+    assert done.status == 0 and "cosine schedule" not in done.stdout, done.stdout  # nothing left to train
+    err = usage_error(capsys, ["--resume", str(tampered(small_run, tmp_path, lambda c: c["args"].update(
+        output_bias="mean"))), "--output_bias", "zero"])
+    assert "--output_bias zero differs from the checkpoint's mean; leave it out or give mean (it would change the " \
+           "model's start)" in err
+
+
+def test_a_second_signal_after_the_message_adds_no_line(capsys):
+    with safety.SIGNALS.caught():
+        with pytest.raises(SystemExit) as first:
+            safety.fail("interrupted in epoch 3; the checkpoint ...", 130)
+        with pytest.raises(SystemExit) as second:
+            safety.fail("interrupted", 130)
+    assert first.value.code == second.value.code == 130
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_on_a_device_a_run_repeats_and_a_stopped_run_resumes_exactly(mnist_dir, tmp_path, monkeypatch, device):
+    """The same seed on the same device gives the same run; stopped after epoch 1 and resumed, the same run
+    again, to the bit: with binarized data, noise, IWAE training and DReG, PRS and the likelihood bound."""
+    options = ["--binarize", "True", "--add_noise", "True", "--iw_train", "2", "--iw_gradient", "dreg", "--PRS", "True",
+               "--iw_samples", "10", "--device", device, *FAST, "--num_epochs", "3", "--data_dir", mnist_dir]
+    first, second = (run(*options, "--results_path", tmp_path / name) for name in ("first", "second"))
+    assert first.status == second.status == 0, (first.stderr, second.stderr)
+    assert without_seconds(metrics(tmp_path / "first")) == without_seconds(metrics(tmp_path / "second"))
+    real_save = run_main.save_epoch
+
+    def save_then_interrupt(s, run_, *rest):
+        real_save(s, run_, *rest)
+        if run_.epoch == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(run_main, "save_epoch", save_then_interrupt)
+    stopped = run(*options, "--results_path", tmp_path / "stopped")
+    one_line_error(stopped, 130, "interrupted in epoch 1")
+    monkeypatch.setattr(run_main, "save_epoch", real_save)
+    resumed = run("--num_epochs", "3", "--iw_samples", "10", "--PRS", "True", "--device", device, *FAST,
+                  "--data_dir", mnist_dir, "--resume", tmp_path / "stopped" / "checkpoint.pt")
+    assert resumed.status == 0, resumed.stderr
+    assert without_seconds(metrics(tmp_path / "stopped")) == without_seconds(metrics(tmp_path / "first"))
+    a, b = weights(tmp_path / "first"), weights(tmp_path / "stopped")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    evaluations = [json.loads((tmp_path / n / "evaluation.json").read_text()) for n in ("first", "stopped")]
+    assert evaluations[0] == evaluations[1]

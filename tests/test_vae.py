@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import vae
-from conftest import N_TEST, ROOT, checkpoint_file, synthetic_digits, write_mnist
+from conftest import DEVICES, N_TEST, ROOT, checkpoint_file, synthetic_digits, write_mnist
 
 
 def images(n, seed=0):
@@ -540,3 +540,18 @@ def test_a_long_evaluation_stops_between_chunks_whatever_k(trained):
     assert vae.iw_chunks(150, 5) == 2
 
 
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_on_a_device_training_lowers_the_loss_and_the_bound_is_finite(device):
+    """fp32 and bf16 training steps, the IWAE bound with DReG, and the likelihood bound, on the device."""
+    x = images(128).to(device)
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = vae.VAE(dim_z=3, n_hidden=64).to(device)
+        optimizer = vae.adam(model, 3e-3)
+        first = vae.train_epoch(model, optimizer, [(x, x)], precision, k=3, gradient="dreg").loss
+        last = vae.train_epoch(model, optimizer, [(x, x)] * 20, precision, k=3, gradient="dreg").loss
+        assert last < first - 5, (precision, first, last)
+        log_px = vae.mean_log_likelihood(model, x, x, 50)
+        assert math.isfinite(log_px) and log_px < 0
