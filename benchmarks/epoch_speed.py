@@ -5,7 +5,7 @@ The common way is how most ports are written: torchvision's MNIST with ToTensor 
 a sigmoid decoder with the clipped log-likelihood, and the default (foreach) Adam. All three ways train
 the same architecture from the same initialisation and hyper-parameters, alternating epoch by epoch in
 one process. The floors are the time of the epoch's matrix products alone (forward and backward), in
-fp32 and in bf16, measured here too. Prints figures; it is not a test.
+fp32 and in bf16, measured by this script too. Prints figures; it is not a test.
 
     python benchmarks/epoch_speed.py --data_dir data
 

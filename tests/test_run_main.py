@@ -442,10 +442,10 @@ def run_main_status(argv):
     return 0
 
 
-# training options: schedule, warm-up, IWAE (issue: literature-grade likelihood in one command)
+# training options: schedule, warm-up, IWAE
 
-# metrics.csv of `--num_epochs 3 --PRR False --iw_samples 5` + FAST on the synthetic data, made by the code
-# before the training options existed (commit fd7f9ab): a default run must still give these numbers
+# metrics.csv of `--num_epochs 3 --PRR False --iw_samples 5` + FAST on the synthetic data, pinned: a default
+# run (none of the training options) must keep giving these numbers
 BEFORE_OPTIONS = [
     [652.852173, 642.792847, 10.059309, 600.725037, 587.633606, 13.091404],
     [609.809448, 594.436584, 15.372868, 565.801636, 548.865173, 16.936489],
@@ -529,7 +529,7 @@ def test_a_resumed_run_keeps_the_checkpoints_training_flags(mnist_dir, tmp_path)
             "where it would have at 0.003") in again.stdout
 
 
-# trust: the results folder, checkpoints, signals and messages (issue: trust)
+# the results folder, checkpoints, signals and messages under misuse
 
 def test_resuming_a_backup_branches_and_keeps_the_folders_newer_run(mnist_dir, tmp_path):
     folder = tmp_path / "R"
@@ -720,7 +720,7 @@ def test_ctrl_c_while_starting_is_one_line(mnist_dir, tmp_path):
     child = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_main.py"), "--num_epochs", "1", *FAST,
                               "--data_dir", mnist_dir, "--results_path", tmp_path / "R"],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # torch is still importing: seconds on this machine
+    time.sleep(0.5)  # torch is still importing: it takes seconds on a 2-core CPU
     child.send_signal(signal.SIGINT)
     stdout, stderr = child.communicate(timeout=60)
     assert child.returncode == 130, stderr
