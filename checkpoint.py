@@ -87,11 +87,7 @@ def read(path):
         raise damaged("best_loss")
     model_args = check_model_args(raw["model_args"], path)
     expected = meta_state(model_args)
-    weights = {}
-    for name, shape in expected.items():
-        weights[name] = owned(raw["model"].get(name), shape)
-        if weights[name] is None:
-            break
+    weights = {name: owned(raw["model"].get(name), shape) for name, shape in expected.items()}
     if None in weights.values() or set(raw["model"]) != set(expected):
         wrong = [n for n, w in weights.items() if w is None] or sorted(set(raw["model"]) ^ set(expected))
         raise ValueError(f"the checkpoint's weights do not fit its model arguments {model_args} "
