@@ -9,6 +9,7 @@ import hashlib
 import io
 import math
 import os
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -58,10 +59,16 @@ def read(path):
         raise ValueError(f"{path} is a folder; give the checkpoint file in it ({os.path.join(path, 'checkpoint.pt')})")
     if not os.path.isfile(path):
         raise ValueError(f"no such file: {path}")
+    free = hardware.available_memory()
+    if free is not None and os.path.getsize(path) > free:
+        raise ValueError(f"{path} ({hardware.gigabytes(os.path.getsize(path))}) is larger than the memory there is "
+                         f"({hardware.gigabytes(free)})")
     try:
         with open(path, "rb") as f:
             data = f.read()
-        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on what a file holds: the checks below speak for it
+            warnings.simplefilter("ignore")
+            raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except OSError as e:
         raise ValueError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
     except MemoryError:
@@ -83,7 +90,7 @@ def read(path):
         return ValueError(f"{path} is a damaged checkpoint (bad {what})")
     if not 1 <= raw["epoch"] <= 10**9:
         raise damaged("epoch")
-    if not math.isfinite(raw["best_loss"]):
+    if not finite(raw["best_loss"]):
         raise damaged("best_loss")
     model_args = check_model_args(raw["model_args"], path)
     expected = meta_state(model_args)
@@ -99,6 +106,16 @@ def read(path):
                       check_args(raw["args"], damaged), check_rng(raw["rng"], damaged))
 
 
+def finite(value):
+    """Whether value is a finite number (an int too large for a float is not)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def unchanged(checkpoint):
     """Whether the file is still the one that was read (another run may have written it since)."""
     try:
@@ -109,21 +126,25 @@ def unchanged(checkpoint):
 
 
 def check_model_args(model_args, path):
-    """The model's arguments, checked and copied: dim_z and n_hidden whole numbers, keep_prob a probability."""
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= vae.MAX_WIDTH  # noqa: E731
+    """The model's arguments, checked by the model's own rule and copied."""
     keep_prob = model_args.get("keep_prob", vae.KEEP_PROB)
-    if not (set(model_args) <= {"dim_z", "n_hidden", "keep_prob"}
-            and all(whole(model_args.get(k)) for k in ("dim_z", "n_hidden"))
-            and isinstance(keep_prob, (int, float)) and not isinstance(keep_prob, bool)
-            and vae.KEEP_PROB_MIN <= keep_prob <= 1):
-        raise ValueError(f"{path} has invalid model arguments {model_args!r}")
+    try:
+        if not set(model_args) <= {"dim_z", "n_hidden", "keep_prob"}:
+            raise ValueError
+        vae.check_model_args(model_args.get("dim_z"), model_args.get("n_hidden"), keep_prob)
+    except ValueError:
+        raise ValueError(f"{path} has invalid model arguments {model_args!r}") from None
     return {"dim_z": model_args["dim_z"], "n_hidden": model_args["n_hidden"], "keep_prob": float(keep_prob)}
 
 
 def meta_state(model_args):
     """The model's tensors' names and shapes, in its parameters' order, from a model on the meta device."""
-    with torch.device("meta"):  # shapes only, no memory
-        model = vae.VAE(**model_args)
+    try:
+        with torch.device("meta"):  # shapes only, no memory
+            model = vae.VAE(**model_args)
+    except (RuntimeError, OverflowError, ValueError) as e:
+        raise ValueError(f"the checkpoint's model arguments {model_args} make no model ({str(e).splitlines()[0]})") \
+            from None
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
@@ -170,7 +191,7 @@ def check_history(history, epochs, damaged):
         row = {RENAMED_METRICS.get(k, k): v for k, v in row.items()}
         if not (row.get("epoch") == i and not isinstance(row["epoch"], bool) and all(
                 isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
-                and math.isfinite(row[k]) for k in METRICS) and row["seconds"] >= 0):
+                and finite(row[k]) for k in METRICS) and row["seconds"] >= 0):
             raise damaged("history")
         rows.append({"epoch": i, **{k: float(row[k]) for k in METRICS[1:]}})
     if len(rows) != epochs:

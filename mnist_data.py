@@ -83,6 +83,11 @@ def load_mnist(data_dir, device, binarize=False):
     binarize: the test and validation images are binarized once with BINARIZE_SEED; the training images
     stay grey, to be binarized afresh in every batch.
     """
+    for name, _, _ in FILES:
+        path = os.path.join(raw_folder(data_dir), name)
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise MNISTError(f"{path} is not a regular file (a folder, a link to nothing, a pipe); replace it with "
+                             f"the original file")
     if _missing(data_dir):
         _download(data_dir)
     counts = [check_idx(os.path.join(raw_folder(data_dir), name), magic, ndim) for name, magic, ndim in FILES]

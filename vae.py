@@ -1,5 +1,7 @@
 """The VAE of Kingma & Welling: Gaussian MLP encoder, Bernoulli MLP decoder, -ELBO, likelihood bounds."""
 import math
+import operator
+import os
 from typing import NamedTuple
 
 import torch
@@ -82,6 +84,17 @@ class Decoder(nn.Module):
         return at_least_fp32(self.net(z))  # fp32 logits, also when the products ran in bf16
 
 
+def check_model_args(dim_z, n_hidden, keep_prob, dim_img=DIM_IMG):
+    """ValueError unless dim_z, n_hidden and dim_img are whole numbers from 1 to MAX_WIDTH and keep_prob is from
+    KEEP_PROB_MIN to 1."""
+    for name, value in (("dim_z", dim_z), ("n_hidden", n_hidden), ("dim_img", dim_img)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WIDTH):
+            raise ValueError(f"expected {name} a whole number from 1 to {MAX_WIDTH}, got {value!r}")
+    if not (isinstance(keep_prob, (int, float)) and not isinstance(keep_prob, bool)
+            and KEEP_PROB_MIN <= keep_prob <= 1):
+        raise ValueError(f"expected keep_prob from {KEEP_PROB_MIN} to 1, got {keep_prob!r}")
+
+
 def neg_log_likelihood(logits, x):
     """-log p(x|z) per image: the Bernoulli likelihood from logits, summed over pixels."""
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
@@ -98,6 +111,7 @@ class VAE(nn.Module):
 
     def __init__(self, dim_z, n_hidden, keep_prob=KEEP_PROB, dim_img=DIM_IMG):
         super().__init__()
+        check_model_args(dim_z, n_hidden, keep_prob, dim_img)
         self.dim_z, self.n_hidden, self.keep_prob = dim_z, n_hidden, keep_prob
         self.encoder = Encoder(dim_z, n_hidden, keep_prob, dim_img)
         self.decoder = Decoder(dim_z, n_hidden, keep_prob, dim_img)
@@ -163,14 +177,26 @@ class VAE(nn.Module):
     @torch.no_grad()
     def sample(self, n, generator=None):
         """n images from the generative model: pixel probabilities for z ~ N(0, I)."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"expected a number of images of at least 0, got {n!r}")
+        import hardware
         device = next(self.parameters()).device
+        try:
+            n = operator.index(n) if not isinstance(n, bool) else None
+        except TypeError:
+            n = None
+        if n is None or n < 0:
+            raise ValueError("expected a whole number of images of at least 0")
+        free = hardware.available_memory(device.type)
+        if free is not None and 4 * n * (DIM_IMG + self.dim_z) > free:
+            raise ValueError(f"{n} images need about {hardware.gigabytes(4 * n * (DIM_IMG + self.dim_z))} of memory; "
+                             f"{hardware.gigabytes(free)} is available")
+        if generator is not None and not (isinstance(generator, torch.Generator)
+                                          and generator.device.type == device.type):
+            raise ValueError(f"expected a torch.Generator on the model's device ({device.type}), got {generator!r}")
         return self.decode(torch.randn(n, self.dim_z, generator=generator, device=device))
 
     def as_latents(self, z):
         """Latent vectors as float32 (N, dim_z) rows; ValueError for anything else or a non-finite value."""
-        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
+        if not is_dense(z) or not z.is_floating_point():
             raise ValueError(f"expected a floating-point tensor of latent vectors, got {type(z).__name__}"
                              + (f" of {z.dtype}" if isinstance(z, torch.Tensor) else ""))
         if z.dim() != 2 or z.shape[1] != self.dim_z:
@@ -183,11 +209,17 @@ class VAE(nn.Module):
 MAX_PIXEL = 2.0  # the original's salt-and-pepper inputs x * m1 + m2 reach 2
 
 
+def is_dense(t):
+    """Whether t is an ordinary tensor with values (not sparse, nested, quantized or on the meta device)."""
+    return (isinstance(t, torch.Tensor) and t.layout == torch.strided and not t.is_nested and not t.is_quantized
+            and t.device.type != "meta")
+
+
 def as_rows(x):
     """Images as float32 (N, 784) rows: accepts (N, 784), (N, 28, 28) and (N, 1, 28, 28) with pixel values in
     [0, 1] (noisy inputs up to 2); ValueError otherwise."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise ValueError(f"expected a floating-point tensor of images in [0, 1], got {type(x).__name__}"
+    if not is_dense(x) or not x.is_floating_point():
+        raise ValueError(f"expected a dense floating-point tensor of images in [0, 1], got {type(x).__name__}"
                          + (f" of {x.dtype}" if isinstance(x, torch.Tensor) else ""))
     shapes = ((DIM_IMG,), (IMAGE_SIZE, IMAGE_SIZE), (1, IMAGE_SIZE, IMAGE_SIZE))
     if x.dim() < 2 or tuple(x.shape[1:]) not in shapes:
@@ -387,4 +419,13 @@ def load(path, device="cpu"):
     """A trained VAE from a checkpoint.pt of run_main.py, in evaluation mode on device; ValueError if the file
     is not a sound checkpoint of this project or its model does not fit in the device's free memory."""
     import checkpoint  # the checkpoint's reader builds on this module
+    import hardware
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"expected the path of a checkpoint.pt, got {type(path).__name__}")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"expected a device such as 'cpu' or 'cuda', got {device!r}") from None
+    if device.type in ("cuda", "mps") and hardware.missing_device(device.type):
+        raise ValueError(f"device {device}: {hardware.missing_device(device.type)}")
     return checkpoint.model(checkpoint.read(path), device).eval()

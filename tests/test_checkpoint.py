@@ -78,6 +78,10 @@ DAMAGED = {
     "epoch True": (set_field("epoch", value=True), "bad epoch"),
     "best_loss NaN": (set_field("best_loss", value=float("nan")), "bad best_loss"),
     "best_loss bool": (set_field("best_loss", value=True), "bad best_loss"),
+    "best_loss 10**400": (set_field("best_loss", value=10**400), "bad best_loss"),
+    "history 10**400": (lambda raw: raw["history"][0].update(train_loss=10**400), "bad history"),
+    "n_hidden 2**31 - 1": (set_field("model_args", "n_hidden", value=2**31 - 1), "make no model"),
+    "weight sparse": (set_field("model", "encoder.net.3.weight", value=lambda t: t.to_sparse()), "do not fit"),
     "history NaN": (lambda raw: raw["history"][0].update(test_loss=float("nan")), "bad history"),
     "history inf": (lambda raw: raw["history"][0].update(train_nll=float("inf")), "bad history"),
     "history empty": (set_field("history", value=[]), "bad history"),
@@ -102,11 +106,13 @@ DAMAGED = {
 
 
 @pytest.mark.parametrize("damage", list(DAMAGED))
-def test_a_damaged_checkpoint_is_refused_when_read(good, damage):
+def test_a_damaged_checkpoint_is_refused_when_read(good, damage, recwarn):
     change, needle = DAMAGED[damage]
     path = edited(good[0], change)
+    recwarn.clear()
     with pytest.raises(ValueError, match=re.escape(needle)):
         checkpoint.read(path)
+    assert not recwarn.list  # the one line is the error: no warning of torch's beside it
 
 
 def test_a_small_file_claiming_a_huge_model_is_refused_before_any_model_is_built(tmp_path, good, monkeypatch):
@@ -130,9 +136,10 @@ def test_a_small_file_claiming_a_huge_model_is_refused_before_any_model_is_built
 
 
 def test_a_model_larger_than_the_free_memory_is_refused_before_it_is_built(good, monkeypatch):
-    monkeypatch.setattr(hardware, "available_memory", lambda device_type: 1000)
+    read = checkpoint.read(good[0])
+    monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": 1000)
     with pytest.raises(ValueError, match="the checkpoint's model needs about .* of memory; 1e-06 GB is available"):
-        vae.load(good[0])
+        checkpoint.model(read)
 
 
 OPTIMIZER_REFUSED = {
@@ -233,3 +240,9 @@ def test_a_checkpoint_made_on_one_device_loads_on_another(good, tmp_path, device
     back = vae.load(made_there)
     assert next(back.parameters()).device.type == "cpu"
     assert torch.allclose(back.decode(z), loaded.eval().decode(z.to(device)).cpu(), atol=1e-5)
+
+
+def test_a_file_larger_than_the_free_memory_is_refused_before_it_is_read(good, monkeypatch):
+    monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": 1000)
+    with pytest.raises(ValueError, match="is larger than the memory there is"):
+        checkpoint.read(good[0])

@@ -89,7 +89,7 @@ def test_bad_values_are_one_line_usage_errors(capsys, argv, needle):
 
 
 def test_a_picture_larger_than_memory_is_a_usage_error(capsys, monkeypatch):
-    monkeypatch.setattr(hardware, "available_memory", lambda device_type: 8e9)
+    monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": 8e9)
     err = usage_error(capsys, ["--PRR_n_img_x", "100", "--PRR_n_img_y", "100", "--PRR_resize_factor", "23"])
     assert "the PRR picture (64400x64400 pixels) needs about 16.6 GB of memory; 8 GB is available" in err
     cli.parse_args(["--PRR_n_img_x", "10", "--PRR_resize_factor", "23"])  # 6440x644 fits
@@ -127,7 +127,7 @@ def test_resume_command_names_the_script_as_run():
 def test_messages_say_what_is_wrong(capsys, monkeypatch):
     err = usage_error(capsys, ["--keep_prob", "1e-40"])
     assert "--keep_prob must be from 0.001 to 1" in err
-    monkeypatch.setattr(hardware, "available_memory", lambda device_type: 4 * 10**9)
+    monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": 4 * 10**9)
     err = usage_error(capsys, ["--batch_size", "10000000", "--n_hidden", "50"])
     assert "a batch of --batch_size 10000000 needs about" in err
     err = usage_error(capsys, ["--batch_size", "100000", "--iw_train", "50", "--n_hidden", "50"])
@@ -194,7 +194,7 @@ def test_a_low_learning_rate_needs_no_lr_min(capsys):
 
 
 def test_a_picture_that_is_off_is_neither_checked_nor_sized(capsys, monkeypatch):
-    monkeypatch.setattr(hardware, "available_memory", lambda device_type: 10**9)
+    monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": 10**9)
     cli.parse_args(["--PMLR_n_img_x", "30000", "--PRS_resize_factor", "2000"])  # off: not drawn, not sized
     err = usage_error(capsys, ["--PMLR_n_img_x", "30000", "--PMLR", "True", "--dim_z", "2"])
     assert "JPEG allows at most 65535 a side" in err
@@ -206,7 +206,8 @@ def test_the_choices_match_the_models(capsys):
     assert cli.FLAG["lr_schedule"].choices == ("constant", "cosine")
     for schedule in cli.FLAG["lr_schedule"].choices:
         assert vae.learning_rate(3, 10, 1e-3, 1e-5, schedule) > 0
-    assert cli.FLAG["keep_prob"].low == 1e-3 and cli.DEFAULTS["keep_prob"] == vae.KEEP_PROB
+    assert cli.FLAG["keep_prob"].low == vae.KEEP_PROB_MIN and cli.DEFAULTS["keep_prob"] == vae.KEEP_PROB
+    assert cli.FLAG["dim_z"].high == cli.FLAG["n_hidden"].high == vae.MAX_WIDTH
 
 
 def test_the_continue_command_names_the_interpreter_that_ran(monkeypatch, tmp_path):

@@ -1,5 +1,6 @@
 """mnist_data: IDX loading from small files the tests write, the split, batches, noise, clear errors."""
 import os
+import re
 import shutil
 
 import pytest
@@ -171,3 +172,13 @@ def test_noisy_batches_keep_the_clean_target():
         assert torch.equal(target, torch.full((64, 784), 0.5))
         assert not torch.equal(x_hat, target)
         assert set(x_hat.unique().tolist()) <= {0.0, 0.5, 1.0, 1.5}
+
+
+def test_a_folder_in_place_of_a_data_file_is_named(mnist_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(mnist_dir, data)
+    target = os.path.join(mnist_data.raw_folder(str(data)), "t10k-labels-idx1-ubyte")
+    os.remove(target)
+    os.mkdir(target)
+    with pytest.raises(mnist_data.MNISTError, match=re.escape(f"{target} is not a regular file")):
+        mnist_data.load_mnist(str(data), torch.device("cpu"))

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -512,7 +513,7 @@ def test_the_api_checks_its_inputs_and_says_what_it_expected():
         with pytest.raises(ValueError, match="expected"):
             model.decode(value)
     for n in (-1, 2.5, True, "4"):
-        with pytest.raises(ValueError, match="expected a number of images"):
+        with pytest.raises(ValueError, match="expected a whole number of images"):
             model.sample(n)
     assert model.sample(0).shape == (0, 784)
     x = images(3)
@@ -520,6 +521,29 @@ def test_the_api_checks_its_inputs_and_says_what_it_expected():
         with pytest.raises(ValueError, match="expected pixel values in \\[0, 1\\]"):
             model.encode(bad)
     assert model.reconstruct(x * 2).shape == (3, 784)  # the original's noisy inputs reach 2
+
+
+def test_the_model_and_load_check_their_arguments(tmp_path):
+    for args in ((0, 5), (-1, 5), ("a", 5), (2.5, 5), (True, 5), (2, 5, 2.0), (2, 5, 0.0), (2, 5, float("nan")),
+                 (2, 5, 0.9, 0)):
+        with pytest.raises(ValueError, match="expected"):
+            vae.VAE(*args)
+    path = checkpoint_file(str(tmp_path), vae.VAE(2, 8))
+    for bad in (dict(path=None), dict(path=3), dict(path=path, device="bogus"), dict(path=path, device=None)):
+        with pytest.raises(ValueError, match="expected"):
+            vae.load(**bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            vae.load(path, device="cuda")
+    model = vae.load(path)
+    assert model.sample(np.int64(2)).shape == (2, 784)
+    for bad in (dict(n=2, generator="x"), dict(n=10**30), dict(n=-1)):
+        with pytest.raises(ValueError, match="expected|of memory"):
+            model.sample(**bad)
+    x = images(2)
+    for bad in (x.to_sparse(), x.to("meta")):
+        with pytest.raises(ValueError, match="expected a dense"):
+            model.encode(bad)
 
 
 def test_a_long_evaluation_stops_between_chunks_whatever_k(trained):
