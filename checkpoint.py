@@ -200,9 +200,14 @@ def check_history(history, epochs, damaged):
 
 
 def check_args(args, damaged):
-    """The saved flags, copied: names to plain values (the command line checks each one it uses)."""
+    """The saved flags, copied: names to plain values, and each flag a resumed run takes from them (the model's,
+    the data's, training's and the planned epochs) with its flag's type, range and choices."""
+    import cli
     if not all(isinstance(k, str) and isinstance(v, PLAIN) for k, v in args.items()):
         raise damaged("args")
+    for f in cli.FLAGS:
+        if f.name in args and (f.role != cli.RUN or f.name == "num_epochs") and cli.problem(f, args[f.name]):
+            raise damaged(f"args {f.name}: {cli.problem(f, args[f.name])}")
     return dict(args)
 
 

@@ -234,21 +234,14 @@ def read_checkpoint(path):
 
 def resumed_values(given, checkpoint):
     """A resumed run's flags: the model's and the data's from the checkpoint (another value given is a usage
-    error), training's from the checkpoint unless given, the rest from the command line; each saved value
-    checked as a flag is."""
+    error), training's from the checkpoint unless given, the rest from the command line. The checkpoint's
+    reader has checked each saved value as a flag is checked."""
     saved = checkpoint.args
     values = {**DEFAULTS, "results_path": os.path.dirname(checkpoint.path) or "."}
     for f in FLAGS:
-        if f.role == RUN:
-            continue
-        value = checkpoint.model_args[f.name] if f.name in checkpoint.model_args else saved.get(f.name, f.default)
-        why = problem(f, value)
-        if why:
-            raise UsageError(f"--resume: {checkpoint.path} is a damaged checkpoint (bad args {f.name}: {why})")
-        values[f.name] = float(value) if kind(f) is float else value
-    if "num_epochs" in saved and problem(FLAG["num_epochs"], saved["num_epochs"]):
-        raise UsageError(f"--resume: {checkpoint.path} is a damaged checkpoint (bad args num_epochs: "
-                         f"{problem(FLAG['num_epochs'], saved['num_epochs'])})")
+        if f.role != RUN:
+            value = checkpoint.model_args.get(f.name, saved.get(f.name, f.default))
+            values[f.name] = float(value) if kind(f) is float else value
     for name, value in given.items():
         f = FLAG[name]
         if f.role == MODEL and value != values[name]:
