@@ -23,6 +23,7 @@ import time
 from typing import NamedTuple
 
 import cli
+import mnist_data
 import safety
 from pictures import Pictures
 from safety import SIGNALS, Interrupted, NonFinite, RunError, say
@@ -103,8 +104,6 @@ def load_data(plan):
     """MNIST on the device, the test inputs made noisy once (from a generator of --seed) with --add_noise;
     checks the batch size and that the pictures have their test images."""
     import torch
-
-    import mnist_data
     s, device = plan.settings, plan.device
     try:
         mnist = mnist_data.load_mnist(s.data_dir, device, s.binarize)
@@ -175,7 +174,6 @@ def train(s, run, data, pictures):
     """Train from run.epoch to --num_epochs, evaluating on the test set and saving after each epoch."""
     from tqdm import tqdm
 
-    import mnist_data
     import vae
     show_bar = sys.stderr.isatty()
     steps = mnist_data.num_batches(len(data.train_x), s.batch_size)
