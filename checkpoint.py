@@ -126,15 +126,18 @@ def unchanged(checkpoint):
 
 
 def check_model_args(model_args, path):
-    """The model's arguments, checked by the model's own rule and copied."""
+    """The model's arguments, checked by the model's own rule and copied (a file without keep_prob or
+    conditional holds the original's dropout and a plain model)."""
     keep_prob = model_args.get("keep_prob", vae.KEEP_PROB)
+    conditional = model_args.get("conditional", False)
     try:
-        if not set(model_args) <= {"dim_z", "n_hidden", "keep_prob"}:
+        if not set(model_args) <= {"dim_z", "n_hidden", "keep_prob", "conditional"}:
             raise ValueError
-        vae.check_model_args(model_args.get("dim_z"), model_args.get("n_hidden"), keep_prob)
+        vae.check_model_args(model_args.get("dim_z"), model_args.get("n_hidden"), keep_prob, conditional=conditional)
     except ValueError:
         raise ValueError(f"{path} has invalid model arguments {model_args!r}") from None
-    return {"dim_z": model_args["dim_z"], "n_hidden": model_args["n_hidden"], "keep_prob": float(keep_prob)}
+    return {"dim_z": model_args["dim_z"], "n_hidden": model_args["n_hidden"], "keep_prob": float(keep_prob),
+            "conditional": conditional}
 
 
 def meta_state(model_args):
@@ -249,7 +252,8 @@ def model(checkpoint, device="cpu"):
     checked first: ValueError if the device has not that much free."""
     device = torch.device(device)
     args = checkpoint.model_args
-    need, free = 4 * vae.parameter_count(args["dim_z"], args["n_hidden"]), hardware.available_memory(device.type)
+    need = 4 * vae.parameter_count(args["dim_z"], args["n_hidden"], conditional=args["conditional"])
+    free = hardware.available_memory(device.type)
     if free is not None and need > free:
         raise ValueError(f"the checkpoint's model needs about {hardware.gigabytes(need)} of memory; "
                          f"{hardware.gigabytes(free)} is available")

@@ -32,11 +32,11 @@ class Flag(NamedTuple):
     fixes: str = None  # a MODEL flag's meaning, for the refusal of another value on resume
 
 
-def grid_flags(name, what, n_x, n_y, on=False):
-    """The four flags of one picture grid."""
+def grid_flags(name, what, n_x, n_y, on=False, x_help="images along x", y_help="images along y", x_low=1):
+    """The four flags of one picture grid (three when n_x is None: its columns are fixed)."""
     return (Flag(name, on, what),
-            Flag(f"{name}_n_img_x", n_x, f"{name} images along x", low=1, high=MAX_SIDE),
-            Flag(f"{name}_n_img_y", n_y, f"{name} images along y", low=1, high=MAX_SIDE),
+            *([] if n_x is None else [Flag(f"{name}_n_img_x", n_x, f"{name} {x_help}", low=x_low, high=MAX_SIDE)]),
+            Flag(f"{name}_n_img_y", n_y, f"{name} {y_help}", low=1, high=MAX_SIDE),
             Flag(f"{name}_resize_factor", 1.0, f"{name} resize factor of each image", low=0.0, open_low=True,
                  high=MAX_SIDE / mnist_data.IMAGE_SIZE))
 
@@ -59,6 +59,8 @@ FLAGS = (
     Flag("iw_gradient", "iwae", "the encoder's gradient for --iw_train K > 1: iwae (the bound's own) or dreg "
                                 "(doubly reparameterized, Tucker et al. 2018: the same bound and decoder gradient)",
          TRAINING, choices=("iwae", "dreg")),
+    Flag("conditional", False, "a conditional VAE (the author's CVAE): the encoder and the decoder also see the "
+                               "digit's one-hot label, so the decoder draws a chosen digit", MODEL, fixes="the model"),
     Flag("output_bias", "zero", "the decoder's initial output bias: zero (the original), or the logit of the "
                                 "training pixels' mean (Burda et al.'s code)", MODEL, choices=("zero", "mean"),
          fixes="the model's start"),
@@ -70,7 +72,14 @@ FLAGS = (
     Flag("PMLR_n_samples", 5000, "test images in the labelled latent map", low=1, high=mnist_data.TEST_SIZE),
     Flag("PMLR_grid", "linear", "PMLR grid: linear over z_range, or at the standard normal's quantiles (the "
                                 "paper's Fig. 4)", choices=("linear", "gaussian")),
-    *grid_flags("PRS", "plot random samples of the generative model", 10, 10),
+    *grid_flags("PRS", "plot random samples of the generative model (conditional: image i is digit i mod 10)",
+                10, 10),
+    *grid_flags("PARR", "plot analogies: each row a test image, then its z decoded as the digits 0 to 9 (needs "
+                        "--conditional True)", None, 10, y_help="rows (test images)"),
+    *grid_flags("PIR", "plot interpolations: each row two test images at the ends, and the decoder along the line "
+                       "between their encoder means", 10, 10, x_help="images between each row's two ends "
+                                                                      "(ends included)", x_low=2,
+                y_help="rows (pairs of test images)"),
     Flag("data_dir", "data", "folder holding (or receiving) MNIST/raw"),
     Flag("binarize", False, "binarized MNIST: training images drawn afresh each batch, the test set binarized once",
          MODEL, fixes="the data"),
@@ -208,9 +217,7 @@ def plan(given):
         values["lr_min"] = values["learn_rate"]
     settings = Settings(**values)
     check_values(settings, checkpoint)
-    grids = {name: Grid(name, getattr(settings, name), getattr(settings, f"{name}_n_img_x"),
-                        getattr(settings, f"{name}_n_img_y"), getattr(settings, f"{name}_resize_factor"))
-             for name in ("PRR", "PMLR", "PRS")}
+    grids = picture_grids(settings)
     check_pictures(settings, grids)
     missing = hardware.missing_device(settings.device)
     if missing:
@@ -221,6 +228,24 @@ def plan(given):
         safety.say("--precision bf16 on a CPU without AMX: its bf16 products are slower than fp32 on it "
                    "(bf16 pays on a GPU or a CPU with AMX)")
     return Plan(settings, checkpoint, device, grids)
+
+
+PICTURES = ("PRR", "PMLR", "PRS", "PARR", "PIR")
+
+
+def picture_grids(s):
+    """Each picture's Grid: PARR's columns are the image and the ten digits, PIR's the two ends and the
+    decoded points between them."""
+    columns = {"PARR": 1 + mnist_data.NUM_LABELS, "PIR": s.PIR_n_img_x + 2}
+    return {name: Grid(name, getattr(s, name), columns.get(name) or getattr(s, f"{name}_n_img_x"),
+                       getattr(s, f"{name}_n_img_y"), getattr(s, f"{name}_resize_factor"))
+            for name in PICTURES}
+
+
+def test_images_needed(s, grids):
+    """How many test images the drawn pictures take (the first ones; PIR's pairs are drawn from all)."""
+    return max(grids["PRR"].count, s.PMLR_n_samples if s.PMLR else 0, s.PARR_n_img_y if s.PARR else 0,
+               2 * s.PIR_n_img_y if s.PIR else 0)
 
 
 def read_checkpoint(path):
@@ -272,8 +297,16 @@ def check_pictures(s, grids):
     if grids["PRR"].count > mnist_data.TEST_SIZE:
         raise UsageError(f"the PRR grid holds {grids['PRR'].count} images; at most {mnist_data.TEST_SIZE} "
                          f"(the test set)")
+    if s.PARR and s.PARR_n_img_y > mnist_data.TEST_SIZE:
+        raise UsageError(f"--PARR_n_img_y {s.PARR_n_img_y} rows are more than the {mnist_data.TEST_SIZE} test "
+                         f"images")
+    if s.PIR and 2 * s.PIR_n_img_y > mnist_data.TEST_SIZE:
+        raise UsageError(f"--PIR_n_img_y {s.PIR_n_img_y} pairs need {2 * s.PIR_n_img_y} test images; there are "
+                         f"{mnist_data.TEST_SIZE}")
     if s.PMLR and s.dim_z != 2:
         raise UsageError(f"--PMLR True needs --dim_z 2 (got {s.dim_z})")
+    if s.PARR and not s.conditional:
+        raise UsageError("--PARR True needs --conditional True (it decodes each image's z as every digit)")
 
 
 def check_grid(grid):
@@ -289,11 +322,12 @@ def check_grid(grid):
                          f"most {plot_utils.JPEG_MAX_SIDE} a side")
 
 
-def training_bytes(dim_z, n_hidden, rows):
+def training_bytes(dim_z, n_hidden, rows, conditional=False):
     """Memory training takes, about: weights, gradients and Adam's two moments (16 bytes a parameter), plus
     the activations of a batch of rows (at least the 1,000 images of an evaluation batch)."""
     import vae
-    return 16 * vae.parameter_count(dim_z, n_hidden) + 4 * max(rows, 1000) * (8 * n_hidden + 4 * vae.DIM_IMG)
+    return (16 * vae.parameter_count(dim_z, n_hidden, conditional=conditional)
+            + 4 * max(rows, 1000) * (8 * n_hidden + 4 * vae.DIM_IMG))
 
 
 def check_memory(s, grids, device):
@@ -303,9 +337,9 @@ def check_memory(s, grids, device):
     if free is None:
         return
     gb = hardware.gigabytes
-    need = training_bytes(s.dim_z, s.n_hidden, s.batch_size * s.iw_train)
+    need = training_bytes(s.dim_z, s.n_hidden, s.batch_size * s.iw_train, s.conditional)
     if need > free:
-        if training_bytes(s.dim_z, s.n_hidden, 1) > free:
+        if training_bytes(s.dim_z, s.n_hidden, 1, s.conditional) > free:
             what = f"the model (--n_hidden {s.n_hidden}, --dim_z {s.dim_z})"
         else:
             what = f"a batch of --batch_size {s.batch_size}" + (

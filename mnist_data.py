@@ -11,6 +11,7 @@ from collections import namedtuple
 IMAGE_SIZE = 28
 VALIDATION_SIZE = 5000  # the first 5,000 training images, as the original
 TEST_SIZE = 10000  # MNIST's test images
+NUM_LABELS = 10  # the digits 0 to 9
 # Seed of the one fixed binarization of the test (and validation) images: not --seed, so every run,
 # whatever its seed or device, is scored on the same binary test images.
 BINARIZE_SEED = 1312_6114
@@ -159,13 +160,15 @@ def num_batches(n, batch_size):
     return n // batch_size
 
 
-def batches(x, batch_size, add_noise=False, binarize=False):
+def batches(x, batch_size, add_noise=False, binarize=False, labels=None):
     """Yield (x_hat, x) slices of a fresh permutation of x, binarized afresh when binarize; x_hat carries
-    noise when add_noise."""
+    noise when add_noise. With labels (one per image), (x_hat, x, y): the same batches with their labels."""
     import torch
     perm = torch.randperm(len(x), device=x.device)
     for i in range(num_batches(len(x), batch_size)):
-        batch = x[perm[i * batch_size:(i + 1) * batch_size]]
+        rows = perm[i * batch_size:(i + 1) * batch_size]
+        batch = x[rows]
         if binarize:
             batch = bernoulli(batch)
-        yield (salt_and_pepper(batch) if add_noise else batch), batch
+        pair = (salt_and_pepper(batch) if add_noise else batch), batch
+        yield pair if labels is None else (*pair, labels[rows])

@@ -95,8 +95,10 @@ class TestSet(NamedTuple):
 
 
 class Data(NamedTuple):
-    """What a run trains and evaluates on, on the training device."""
+    """What a run trains and evaluates on, on the training device: the training labels only for a conditional
+    model (None otherwise)."""
     train_x: object
+    train_y: object
     test: TestSet
 
 
@@ -115,13 +117,18 @@ def load_data(plan):
         raise RunError(f"out of memory loading MNIST from {s.data_dir} onto {device}") from None
     if mnist_data.num_batches(len(mnist.train_x), s.batch_size) == 0:
         raise RunError(f"--batch_size {s.batch_size} is larger than the {len(mnist.train_x)} training images", 2)
-    needed = max(plan.grids["PRR"].count, s.PMLR_n_samples if s.PMLR else 0)
+    needed = cli.test_images_needed(s, plan.grids)
     if needed > len(mnist.test_x):
         raise RunError(f"the plots need {needed} test images; {s.data_dir} has {len(mnist.test_x)}", 2)
     x_hat = mnist.test_x
     if s.add_noise:
         x_hat = mnist_data.salt_and_pepper(mnist.test_x, torch.Generator(device=device).manual_seed(s.seed))
-    return Data(mnist.train_x, TestSet(mnist.test_x, x_hat, mnist.test_y))
+    return Data(mnist.train_x, mnist.train_y if s.conditional else None, TestSet(mnist.test_x, x_hat, mnist.test_y))
+
+
+def condition(s, test):
+    """The test labels a conditional model sees (None for a plain model)."""
+    return test.y if s.conditional else None
 
 
 @dataclasses.dataclass
@@ -144,7 +151,7 @@ def build_run(plan, data):
     s, ck = plan.settings, plan.checkpoint
     torch.manual_seed(s.seed)
     if ck is None:
-        model = vae.VAE(s.dim_z, s.n_hidden, s.keep_prob).to(plan.device)
+        model = vae.VAE(s.dim_z, s.n_hidden, s.keep_prob, conditional=s.conditional).to(plan.device)
         if s.output_bias == "mean":
             model.init_output_bias(data.train_x.mean(0))
         return Run(model, vae.adam(model, s.learn_rate))
@@ -185,7 +192,7 @@ def train(s, run, data, pictures):
             def show_step(loss):
                 bar.set_postfix(loss=f"{loss.item():.2f}", refresh=False)
                 bar.update()
-            batches = mnist_data.batches(data.train_x, s.batch_size, s.add_noise, s.binarize)
+            batches = mnist_data.batches(data.train_x, s.batch_size, s.add_noise, s.binarize, data.train_y)
             train_metrics = vae.train_epoch(run.model, run.optimizer, batches, s.precision, s.iw_train,
                                             vae.kl_weights(epoch, steps, s.kl_warmup), should_stop=SIGNALS.stopping,
                                             on_step=show_step if show_bar else None, gradient=s.iw_gradient)
@@ -193,7 +200,7 @@ def train(s, run, data, pictures):
             raise Interrupted(SIGNALS.received, epoch)
         if not (all(map(math.isfinite, train_metrics)) and all(p.isfinite().all() for p in run.model.parameters())):
             raise NonFinite("loss", f"epoch {epoch}")
-        test_metrics = vae.evaluate(run.model, data.test.x_hat, data.test.x)
+        test_metrics = vae.evaluate(run.model, data.test.x_hat, data.test.x, condition(s, data.test))
         if not all(map(math.isfinite, test_metrics)):
             raise NonFinite("test loss", f"epoch {epoch}")
         seconds = time.perf_counter() - t0
@@ -251,11 +258,12 @@ def final_evaluation(s, run, data, folder):
 
     import vae
     test = data.test
-    evaluation = {"epochs": s.num_epochs, "test_images": len(test.x)}
+    evaluation = {"epochs": s.num_epochs, "test_images": len(test.x), **({"of": "log p(x|y)"} if s.conditional else {})}
+    of = "log p(x|y)" if s.conditional else "log p(x)"
     if s.iw_samples:
         t0 = time.perf_counter()
         chunks = vae.iw_chunks(len(test.x), s.iw_samples)
-        with tqdm(total=len(test.x), desc=f"test log p(x), K={s.iw_samples}", leave=False,
+        with tqdm(total=len(test.x), desc=f"test {of}, K={s.iw_samples}", leave=False,
                   disable=not sys.stderr.isatty()) as bar:
             times = []
 
@@ -265,16 +273,16 @@ def final_evaluation(s, run, data, folder):
                 if len(times) == 2:  # the first chunk warms up: the second gives the pace
                     estimate = times[0] + (times[1] - times[0]) * (chunks - 1)
                     if estimate > LONG_EVALUATION_S:
-                        say(f"test log p(x) with K={s.iw_samples} on {len(test.x)} images: about "
+                        say(f"test {of} with K={s.iw_samples} on {len(test.x)} images: about "
                             f"{safety.duration(estimate)}")
-            log_px = vae.mean_log_likelihood(run.model, test.x_hat, test.x, s.iw_samples,
+            log_px = vae.mean_log_likelihood(run.model, test.x_hat, test.x, s.iw_samples, condition(s, test),
                                              on_batch=bar.update, on_chunk=chunk_done)
         if not math.isfinite(log_px):
-            raise NonFinite("test log p(x) bound", "the final evaluation")
-        say("test log p(x) >= -%.2f nats (K=%d, %.1f s)" % (-log_px, s.iw_samples, time.perf_counter() - t0))
+            raise NonFinite(f"test {of} bound", "the final evaluation")
+        say("test %s >= -%.2f nats (K=%d, %.1f s)" % (of, -log_px, s.iw_samples, time.perf_counter() - t0))
         evaluation.update(K=s.iw_samples, test_log_likelihood=log_px)
     if s.add_noise:
-        noisy, restored = vae.mean_abs_error(run.model, test.x_hat, test.x)
+        noisy, restored = vae.mean_abs_error(run.model, test.x_hat, test.x, condition(s, test))
         say("denoising: mean absolute error to the clean test images: noisy %.4f, restored %.4f" % (noisy, restored))
         evaluation.update(mae_noisy=noisy, mae_restored=restored)
     if s.iw_samples or s.add_noise:

@@ -195,17 +195,19 @@ LOSS_PNG = "loss.png"
 EVALUATION_JSON = "evaluation.json"
 INPUT_JPG = "input.jpg"
 INPUT_NOISE_JPG = "input_noise.jpg"
-PICTURE_KINDS = ("PRR", "PMLR", "PMLR_map", "PRS")
+PICTURE_KINDS = ("PRR", "PMLR", "PMLR_map", "PRS", "PARR", "PIR")
 LOCK_NAME = ".run_main.lock"
-# every name a run writes: the fixed ones and the epochs' pictures, and nothing else
+# every name a run writes: the fixed ones and the epochs' pictures (a conditional PMLR's one per digit), and
+# nothing else
 OUTPUT_NAME = re.compile("|".join(map(re.escape, (CHECKPOINT, METRICS_CSV, LOSS_PNG, EVALUATION_JSON, INPUT_JPG,
                                                   INPUT_NOISE_JPG)))
-                         + rf"|({'|'.join(PICTURE_KINDS)})_epoch_\d{{2,}}\.jpg")
+                         + rf"|({'|'.join(PICTURE_KINDS)})_epoch_\d{{2,}}\.jpg|PMLR_epoch_\d{{2,}}_\d\.jpg")
 
 
-def picture_name(kind, epoch):
-    """The file of an epoch's picture of one kind (PRR, PMLR, PMLR_map or PRS)."""
-    return f"{kind}_epoch_{epoch:02d}.jpg"
+def picture_name(kind, epoch, label=None):
+    """The file of an epoch's picture of one kind (PRR, PMLR, PMLR_map, PRS, PARR or PIR); a conditional
+    PMLR's manifold of one digit label is PMLR_epoch_NN_L.jpg."""
+    return f"{kind}_epoch_{epoch:02d}" + ("" if label is None else f"_{label}") + ".jpg"
 
 
 def is_output(name):

@@ -105,7 +105,8 @@ def test_end_to_end_writes_every_file(first_run):
     assert float(rows[1]["test_loss"]) == pytest.approx(
         float(rows[1]["test_nll"]) + float(rows[1]["test_divergence"]), abs=1e-3)
     checkpoint = torch.load(os.path.join(results, "checkpoint.pt"), weights_only=True)
-    assert checkpoint["epoch"] == 2 and checkpoint["model_args"] == {"dim_z": 2, "n_hidden": 64, "keep_prob": 0.9}
+    assert checkpoint["epoch"] == 2 and checkpoint["model_args"] == {"dim_z": 2, "n_hidden": 64, "keep_prob": 0.9,
+                                                                  "conditional": False}
     assert not any(name.endswith(".tmp") for name in os.listdir(results))
     noise = re.search(r"^denoising: mean absolute error to the clean test images: noisy ([\d.]+), restored ([\d.]+)$",
                       done.stdout, re.M)
