@@ -81,7 +81,7 @@ def checkpoint_file(folder, model, name="checkpoint.pt"):
     import vae
     optimizer = vae.adam(model, 1e-3)
     x = torch.rand(4, vae.DIM_IMG, generator=torch.Generator().manual_seed(0)).to(next(model.parameters()).device)
-    model.loss(x, x)[0].backward()
+    model.loss(x, x, y=torch.arange(4, device=x.device))[0].backward()  # the labels serve a conditional model
     optimizer.step()
     row = {k: 1.0 for k in checkpoint.METRICS}
     row["epoch"] = 0

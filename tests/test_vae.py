@@ -486,10 +486,13 @@ def test_the_readmes_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     (tmp_path / "results").mkdir()
     torch.manual_seed(0)
     checkpoint_file(str(tmp_path / "results"), vae.VAE(dim_z=3, n_hidden=16))
+    (tmp_path / "results" / "cvae").mkdir()
+    checkpoint_file(str(tmp_path / "results" / "cvae"), vae.VAE(dim_z=2, n_hidden=16, conditional=True))
     monkeypatch.chdir(tmp_path)
     exec(compile(readme_snippet(), "README.md", "exec"), {})
-    shapes = capsys.readouterr().out.strip()
-    assert shapes == f"torch.Size([16, 784]) torch.Size([{N_TEST}, 3]) torch.Size([8, 784])"
+    shapes = capsys.readouterr().out.strip().splitlines()
+    assert shapes == [f"torch.Size([16, 784]) torch.Size([{N_TEST}, 3]) torch.Size([8, 784]) torch.Size([4, 10, 784])",
+                      "torch.Size([10, 784]) torch.Size([10, 784]) torch.Size([4, 10, 784])"]
 
 
 # the API's inputs, long evaluations
