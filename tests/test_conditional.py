@@ -239,6 +239,10 @@ def test_a_plain_checkpoint_stays_plain_and_refuses_the_analogies(mnist_dir, tmp
     assert "--PARR True needs --conditional True" in usage_error(capsys, ["--resume", path, "--PARR", "True"])
     assert "differs from the checkpoint's False" in usage_error(capsys, ["--resume", path, "--conditional", "True"])
     assert vae.load(path).conditional is False
+    raw = torch.load(path, weights_only=True)
+    del raw["model_args"]["conditional"]  # as a checkpoint saved before the flag existed
+    torch.save(raw, path)
+    assert cli.parse_args(["--resume", path]).settings.conditional is False and vae.load(path).conditional is False
 
 
 def test_interpolation_pairs_are_fixed_by_the_seed_and_leave_training_alone(mnist_dir, tmp_path):
