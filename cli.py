@@ -77,8 +77,9 @@ FLAGS = (
     *grid_flags("PARR", "plot analogies: each row a test image, then its z decoded as the digits 0 to 9 (needs "
                         "--conditional True)", None, 10, y_help="rows (test images)"),
     *grid_flags("PIR", "plot interpolations: each row two test images at the ends, and the decoder along the line "
-                       "between their encoder means", 10, 10, x_help="images between each row's two ends "
-                                                                      "(ends included)", x_low=2,
+                       "between their encoder means", 10, 10, x_help="decoded images between each row's two "
+                                                                      "test images (both means included; the grid "
+                                                                      "is 2 wider)", x_low=2,
                 y_help="rows (pairs of test images)"),
     Flag("data_dir", "data", "folder holding (or receiving) MNIST/raw"),
     Flag("binarize", False, "binarized MNIST: training images drawn afresh each batch, the test set binarized once",

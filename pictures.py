@@ -72,6 +72,7 @@ class Pictures:
 
         import plot_utils
         g, name, labels = self.grids, safety.picture_name, self.labels
+        model.eval()  # no dropout in a picture, also when a resumed model only draws
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if g["PRR"].on:
                 self.grid(g["PRR"], name("PRR", epoch), model.reconstruct(self.x_prr_hat, labels(self.y_prr)))

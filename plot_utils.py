@@ -8,7 +8,7 @@ from PIL import Image
 
 from mnist_data import IMAGE_SIZE
 
-JPEG_MAX_SIDE = 65535
+JPEG_MAX_SIDE = 65500  # libjpeg's largest side (its format field would hold 65,535)
 
 
 def cell_size(resize_factor):

@@ -95,8 +95,8 @@ class TestSet(NamedTuple):
 
 
 class Data(NamedTuple):
-    """What a run trains and evaluates on, on the training device: the training labels only for a conditional
-    model (None otherwise)."""
+    """What a run trains and evaluates on, on the training device (the labels are used by a conditional model
+    only)."""
     train_x: object
     train_y: object
     test: TestSet
@@ -123,12 +123,7 @@ def load_data(plan):
     x_hat = mnist.test_x
     if s.add_noise:
         x_hat = mnist_data.salt_and_pepper(mnist.test_x, torch.Generator(device=device).manual_seed(s.seed))
-    return Data(mnist.train_x, mnist.train_y if s.conditional else None, TestSet(mnist.test_x, x_hat, mnist.test_y))
-
-
-def condition(s, test):
-    """The test labels a conditional model sees (None for a plain model)."""
-    return test.y if s.conditional else None
+    return Data(mnist.train_x, mnist.train_y, TestSet(mnist.test_x, x_hat, mnist.test_y))
 
 
 @dataclasses.dataclass
@@ -200,7 +195,7 @@ def train(s, run, data, pictures):
             raise Interrupted(SIGNALS.received, epoch)
         if not (all(map(math.isfinite, train_metrics)) and all(p.isfinite().all() for p in run.model.parameters())):
             raise NonFinite("loss", f"epoch {epoch}")
-        test_metrics = vae.evaluate(run.model, data.test.x_hat, data.test.x, condition(s, data.test))
+        test_metrics = vae.evaluate(run.model, data.test.x_hat, data.test.x, data.test.y)
         if not all(map(math.isfinite, test_metrics)):
             raise NonFinite("test loss", f"epoch {epoch}")
         seconds = time.perf_counter() - t0
@@ -258,8 +253,8 @@ def final_evaluation(s, run, data, folder):
 
     import vae
     test = data.test
-    evaluation = {"epochs": s.num_epochs, "test_images": len(test.x), **({"of": "log p(x|y)"} if s.conditional else {})}
     of = "log p(x|y)" if s.conditional else "log p(x)"
+    evaluation = {"epochs": s.num_epochs, "test_images": len(test.x), **({"of": of} if s.conditional else {})}
     if s.iw_samples:
         t0 = time.perf_counter()
         chunks = vae.iw_chunks(len(test.x), s.iw_samples)
@@ -275,14 +270,14 @@ def final_evaluation(s, run, data, folder):
                     if estimate > LONG_EVALUATION_S:
                         say(f"test {of} with K={s.iw_samples} on {len(test.x)} images: about "
                             f"{safety.duration(estimate)}")
-            log_px = vae.mean_log_likelihood(run.model, test.x_hat, test.x, s.iw_samples, condition(s, test),
+            log_px = vae.mean_log_likelihood(run.model, test.x_hat, test.x, s.iw_samples, test.y,
                                              on_batch=bar.update, on_chunk=chunk_done)
         if not math.isfinite(log_px):
             raise NonFinite(f"test {of} bound", "the final evaluation")
         say("test %s >= -%.2f nats (K=%d, %.1f s)" % (of, -log_px, s.iw_samples, time.perf_counter() - t0))
         evaluation.update(K=s.iw_samples, test_log_likelihood=log_px)
     if s.add_noise:
-        noisy, restored = vae.mean_abs_error(run.model, test.x_hat, test.x, condition(s, test))
+        noisy, restored = vae.mean_abs_error(run.model, test.x_hat, test.x, test.y)
         say("denoising: mean absolute error to the clean test images: noisy %.4f, restored %.4f" % (noisy, restored))
         evaluation.update(mae_noisy=noisy, mae_restored=restored)
     if s.iw_samples or s.add_noise:

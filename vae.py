@@ -232,7 +232,7 @@ class VAE(nn.Module):
         if len(x_a) != len(x_b):
             raise ValueError(f"expected as many images in x_a as in x_b, got {len(x_a)} and {len(x_b)}")
         steps = whole_number(steps, "steps, a whole number of at least 2", 2)
-        self.check_room(len(x_a) * steps)
+        self.check_room(max(len(x_a), 1) * steps)
         if self.conditional and not (isinstance(labels, (tuple, list)) and len(labels) == 2):
             raise ValueError("this model is conditional (--conditional True): give labels=(labels_a, labels_b), "
                              "the digits of x_a and x_b")
@@ -241,7 +241,7 @@ class VAE(nn.Module):
         t = torch.linspace(0.0, 1.0, steps, device=mu_a.device)
         z = mu_a[:, None] + t[None, :, None] * (mu_b - mu_a)[:, None]  # (N, steps, dim_z)
         y = torch.where(t < 0.5, y_a[:, None], y_b[:, None]).reshape(-1) if self.conditional else None
-        return torch.sigmoid(self.decoder(z.reshape(-1, self.dim_z), y)).reshape(len(x_a), steps, -1)
+        return torch.sigmoid(self.decoder(z.reshape(-1, self.dim_z), y)).reshape(len(x_a), steps, DIM_IMG)
 
     def labels_for(self, labels, n):
         """The labels of n inputs as (n,) int64 on the model's device, or None for a plain model; ValueError when
@@ -303,19 +303,19 @@ def as_labels(labels, n, device):
             raise ValueError(f"expected {want}, got {type(labels).__name__}") from None
     if not is_dense(labels) or labels.dtype == torch.bool or labels.is_complex():
         raise ValueError(f"expected {want}, got a tensor of {labels.dtype}")
+    # float64 or int64, whose operations every device has (uint64 beyond 2**63 wraps negative: refused below)
+    labels = labels.double() if labels.is_floating_point() else labels.long()
     if labels.dim() == 2 and tuple(labels.shape) == (n, NUM_LABELS):  # one-hot: a single 1 in each row
         if not bool(((labels == 0) | (labels == 1)).all() and (labels.sum(1) == 1).all()):
             raise ValueError(f"expected {want}; these rows are not one-hot")
         labels = labels.argmax(1)
-    elif labels.dim() == 0:
-        labels = labels.expand(n)
-    if labels.shape != (n,):
+    if labels.dim() > 1 or (labels.dim() == 1 and len(labels) != n):
         raise ValueError(f"expected {want}, got shape {tuple(labels.shape)}")
     if labels.is_floating_point() and not bool((labels == labels.round()).all()):
         raise ValueError(f"expected {want}; got values that are not whole")
-    if n and not bool(((labels >= 0) & (labels < NUM_LABELS)).all()):
+    if labels.numel() and not bool(((labels >= 0) & (labels < NUM_LABELS)).all()):
         raise ValueError(f"expected {want}; got values from {labels.min().item():g} to {labels.max().item():g}")
-    return labels.to(device=device, dtype=torch.int64).clone(memory_format=torch.contiguous_format)
+    return labels.expand(n).to(device=device, dtype=torch.int64).clone(memory_format=torch.contiguous_format)
 
 
 def is_dense(t):

@@ -197,7 +197,9 @@ def test_a_picture_that_is_off_is_neither_checked_nor_sized(capsys, monkeypatch)
     monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": 10**9)
     cli.parse_args(["--PMLR_n_img_x", "30000", "--PRS_resize_factor", "2000"])  # off: not drawn, not sized
     err = usage_error(capsys, ["--PMLR_n_img_x", "30000", "--PMLR", "True", "--dim_z", "2"])
-    assert "JPEG allows at most 65535 a side" in err
+    assert "JPEG allows at most 65500 a side" in err
+    err = usage_error(capsys, ["--PRR_n_img_x", "2340", "--PRR_n_img_y", "1"])  # 65,520 pixels: libjpeg refuses it
+    assert "--PRR image would be 65520x28 pixels; JPEG allows at most 65500 a side" in err
     err = usage_error(capsys, ["--PRS_resize_factor", "200", "--PRS", "True"])
     assert "the PRS picture (56000x56000 pixels) needs about" in err
 

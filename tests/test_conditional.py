@@ -293,3 +293,34 @@ def test_a_fresh_run_moves_every_picture_of_a_conditional_run_aside(cvae_run, mn
     assert moved == [name for name in before if name not in ("PMLR_epoch_01_33.jpg", safety.LOCK_NAME)]
     assert (folder / "PMLR_epoch_01_33.jpg").read_text() == "mine"
     assert not safety.is_output("PMLR_epoch_01_33.jpg") and not safety.is_output("PARR_epoch_1.jpg")
+
+
+def test_a_resume_that_only_draws_draws_without_dropout(cvae_run, mnist_dir, tmp_path):
+    import shutil
+    results, _ = cvae_run
+    folder = tmp_path / "R"
+    shutil.copytree(results, folder)
+    before = {name: (folder / name).read_bytes() for name in ("PMLR_epoch_01_3.jpg", "PARR_epoch_01.jpg")}
+    done = run("--num_epochs", "2", *FAST, "--PRR", "False", "--PMLR", "True", "--PMLR_n_img_x", "4",
+               "--PMLR_n_img_y", "3", "--PARR", "True", "--PARR_n_img_y", "3", "--data_dir", mnist_dir,
+               "--resume", folder / "checkpoint.pt")
+    assert done.status == 0, done.stderr
+    for name, drawn in before.items():  # decoding the means is deterministic: the same pictures again
+        assert (folder / name).read_bytes() == drawn, name
+
+
+def test_odd_inputs_to_the_labels_and_the_interpolation():
+    model = conditional()
+    z = torch.randn(3, 2)
+    expected = model.decode(z, labels=[1, 4, 9])
+    for dtype in (torch.uint16, torch.uint32, torch.uint64, torch.int16):
+        assert torch.equal(model.decode(z, labels=torch.tensor([1, 4, 9]).to(dtype)), expected), dtype
+    assert torch.equal(model.decode(z, labels=np.array([1, 4, 9], dtype=np.uint64)), expected)
+    for n_zero in (lambda: model.sample(0, labels=11), lambda: model.encode(torch.rand(0, 784), labels=11)):
+        with pytest.raises(ValueError, match="expected labels"):
+            n_zero()
+    empty = torch.rand(0, 784)
+    assert model.interpolate(empty, empty, 5, labels=(1, 2)).shape == (0, 5, 784)
+    assert vae.VAE(2, 16).interpolate(empty, empty, 5).shape == (0, 5, 784)
+    with pytest.raises(ValueError, match="memory"):
+        model.interpolate(empty, empty, 10**15, labels=(1, 2))
