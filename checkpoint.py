@@ -9,13 +9,16 @@ import hashlib
 import io
 import math
 import os
+import stat
 import warnings
+import zipfile
 from typing import NamedTuple
 
 import torch
 
+import flags
 import hardware
-import vae
+from config import VAEConfig
 
 FORMAT = "pytorch-mnist-vae checkpoint 1"
 KEYS = ("format", "model_args", "model", "optimizer", "epoch", "best_loss", "history", "args", "rng")
@@ -31,7 +34,7 @@ class Checkpoint(NamedTuple):
     """A checked checkpoint: every field copied into a form this code owns."""
     path: str
     digest: str  # sha256 of the file's bytes: whether it is still the file that was read
-    model_args: dict
+    config: VAEConfig  # the model's, from model_args
     weights: dict  # name -> contiguous float32 tensor of the model's shape
     adam: list  # per parameter, in the model's order: {"step", "exp_avg", "exp_avg_sq"}
     epoch: int  # epochs finished
@@ -43,12 +46,40 @@ class Checkpoint(NamedTuple):
 
 def save(file, model, optimizer, **run):
     """Write the model, its arguments, the optimizer and the run's state (epoch, history, ...) to a file."""
-    torch.save({"format": FORMAT, "model_args": model.model_args(), "model": model.state_dict(),
+    torch.save({"format": FORMAT, "model_args": model.config.as_saved(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), **run}, file)
 
 
 def digest_of(data):
+    """The sha256 of a file's bytes."""
     return hashlib.sha256(data).hexdigest()
+
+
+def bad_record(data):
+    """The name of the first record of a checkpoint's zip whose bytes fail their CRC (None when all pass, or when
+    the bytes are not a zip: torch.load names that)."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:
+            return z.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, NotImplementedError):
+        return None
+    except Exception:  # a damaged header can raise anything while it is decompressed
+        return "header"
+
+
+def what_is(path):
+    """What a path that is not a regular file is, in words: nothing, a named pipe, a socket, a device..."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not there (no such file)" if not os.path.islink(path) else "a broken symbolic link"
+    except OSError as e:
+        return f"unreadable ({(e.strerror or str(e)).lower()})"
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def read(path):
@@ -58,19 +89,22 @@ def read(path):
     if os.path.isdir(path):
         raise ValueError(f"{path} is a folder; give the checkpoint file in it ({os.path.join(path, 'checkpoint.pt')})")
     if not os.path.isfile(path):
-        raise ValueError(f"no such file: {path}")
-    free = hardware.available_memory()
-    if free is not None and os.path.getsize(path) > free:
-        raise ValueError(f"{path} ({hardware.gigabytes(os.path.getsize(path))}) is larger than the memory there is "
-                         f"({hardware.gigabytes(free)})")
+        raise ValueError(f"{path} is {what_is(path)}, not a checkpoint file")
     try:
+        hardware.check_memory(os.path.getsize(path), f"reading {path}")
         with open(path, "rb") as f:
             data = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+    except MemoryError:
+        raise ValueError(f"{path} is too large to read into the memory there is") from None
+    damaged_record = bad_record(data)
+    if damaged_record:
+        raise ValueError(f"{path} is corrupt: its record {damaged_record} fails its checksum")
+    try:
         with warnings.catch_warnings():  # torch's remarks on what a file holds: the checks below speak for it
             warnings.simplefilter("ignore")
             raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
     except MemoryError:
         raise ValueError(f"{path} is too large to read into the memory there is") from None
     except Exception as e:  # truncated, garbage, or an unsafe pickle: all one message
@@ -92,16 +126,19 @@ def read(path):
         raise damaged("epoch")
     if not finite(raw["best_loss"]):
         raise damaged("best_loss")
-    model_args = check_model_args(raw["model_args"], path)
-    expected = meta_state(model_args)
+    try:
+        config = VAEConfig.from_saved(raw["model_args"])
+    except ValueError:
+        raise ValueError(f"{path} has invalid model arguments {raw['model_args']!r}") from None
+    expected = config.shapes()
     weights = {name: owned(raw["model"].get(name), shape) for name, shape in expected.items()}
     if None in weights.values() or set(raw["model"]) != set(expected):
         wrong = [n for n, w in weights.items() if w is None] or sorted(set(raw["model"]) ^ set(expected))
-        raise ValueError(f"the checkpoint's weights do not fit its model arguments {model_args} "
+        raise ValueError(f"the checkpoint's weights do not fit its model arguments {config.as_saved()} "
                          f"({len(wrong)} tensors differ, the first {wrong[0]})")
     if not all(bool(torch.isfinite(w).all()) for w in weights.values()):
         raise damaged("weights: not finite")
-    return Checkpoint(path, digest_of(data), model_args, weights, check_adam(raw["optimizer"], expected),
+    return Checkpoint(path, digest_of(data), config, weights, check_adam(raw["optimizer"], expected),
                       raw["epoch"], float(raw["best_loss"]), check_history(raw["history"], raw["epoch"], damaged),
                       check_args(raw["args"], damaged), check_rng(raw["rng"], damaged))
 
@@ -123,32 +160,6 @@ def unchanged(checkpoint):
             return digest_of(f.read()) == checkpoint.digest
     except OSError:
         return False
-
-
-def check_model_args(model_args, path):
-    """The model's arguments, checked by the model's own rule and copied (a file without keep_prob or
-    conditional holds the original's dropout and a plain model)."""
-    keep_prob = model_args.get("keep_prob", vae.KEEP_PROB)
-    conditional = model_args.get("conditional", False)
-    try:
-        if not set(model_args) <= {"dim_z", "n_hidden", "keep_prob", "conditional"}:
-            raise ValueError
-        vae.check_model_args(model_args.get("dim_z"), model_args.get("n_hidden"), keep_prob, conditional=conditional)
-    except ValueError:
-        raise ValueError(f"{path} has invalid model arguments {model_args!r}") from None
-    return {"dim_z": model_args["dim_z"], "n_hidden": model_args["n_hidden"], "keep_prob": float(keep_prob),
-            "conditional": conditional}
-
-
-def meta_state(model_args):
-    """The model's tensors' names and shapes, in its parameters' order, from a model on the meta device."""
-    try:
-        with torch.device("meta"):  # shapes only, no memory
-            model = vae.VAE(**model_args)
-    except (RuntimeError, OverflowError, ValueError) as e:
-        raise ValueError(f"the checkpoint's model arguments {model_args} make no model ({str(e).splitlines()[0]})") \
-            from None
-    return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
 def owned(t, shape, dtype=torch.float32):
@@ -204,13 +215,12 @@ def check_history(history, epochs, damaged):
 
 def check_args(args, damaged):
     """The saved flags, copied: names to plain values, and each flag a resumed run takes from them (the model's,
-    the data's, training's and the planned epochs) with its flag's type, range and choices."""
-    import cli
+    the data's and training's, the planned epochs among them) with its flag's type, range and choices."""
     if not all(isinstance(k, str) and isinstance(v, PLAIN) for k, v in args.items()):
         raise damaged("args")
-    for f in cli.FLAGS:
-        if f.name in args and (f.role != cli.RUN or f.name == "num_epochs") and cli.problem(f, args[f.name]):
-            raise damaged(f"args {f.name}: {cli.problem(f, args[f.name])}")
+    for f in flags.FLAGS:
+        if f.name in args and flags.from_checkpoint(f) and flags.problem(f, args[f.name]):
+            raise damaged(f"args {f.name}: {flags.problem(f, args[f.name])}")
     return dict(args)
 
 
@@ -245,32 +255,3 @@ def rng_state(device):
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
-
-
-def model(checkpoint, device="cpu"):
-    """The VAE the checkpoint describes, with its weights, in training mode on device. The memory it takes is
-    checked first: ValueError if the device has not that much free."""
-    device = torch.device(device)
-    args = checkpoint.model_args
-    need = 4 * vae.parameter_count(args["dim_z"], args["n_hidden"], conditional=args["conditional"])
-    free = hardware.available_memory(device.type)
-    if free is not None and need > free:
-        raise ValueError(f"the checkpoint's model needs about {hardware.gigabytes(need)} of memory; "
-                         f"{hardware.gigabytes(free)} is available")
-    with torch.device("meta"):
-        built = vae.VAE(**checkpoint.model_args)
-    built.load_state_dict({name: w.clone() for name, w in checkpoint.weights.items()}, assign=True)
-    return built.to(device)
-
-
-def restore(checkpoint, device, learn_rate):
-    """The model, Adam (with its moments) and the random streams where the checkpoint left them."""
-    restored = model(checkpoint, device)
-    optimizer = vae.adam(restored, learn_rate)
-    optimizer.load_state_dict({"state": {i: {k: t.clone() for k, t in entry.items()}
-                                         for i, entry in enumerate(checkpoint.adam)},
-                               "param_groups": optimizer.state_dict()["param_groups"]})
-    torch.set_rng_state(checkpoint.rng["cpu"])
-    if device.type == "cuda" and "cuda" in checkpoint.rng:
-        torch.cuda.set_rng_state(checkpoint.rng["cuda"], device)
-    return restored, optimizer

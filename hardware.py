@@ -1,4 +1,5 @@
-"""The machine a run trains on: the device, the memory still free there, and whether the CPU has AMX.
+"""The machine a run trains on: the device, the memory still free there, the CPU's name, and how fast its fp32 and
+bf16 products are.
 
 torch is imported only by the functions that need a device, so the command line's other checks stay fast.
 """
@@ -41,21 +42,55 @@ def available_memory(device_type="cpu"):
     return None
 
 
+def check_memory(need, what, device_type="cpu"):
+    """ValueError when what needs more bytes than a device of this type has free: the one free-memory check."""
+    free = available_memory(device_type)
+    if free is not None and need > free:
+        raise ValueError(f"{what} needs about {gigabytes(need)} of memory; {gigabytes(free)} is available")
+
+
 def gigabytes(n):
     """A size in bytes for people: 3 significant digits of GB."""
     return f"{n / 1e9:.3g} GB"
 
 
-def cpu_info():
-    """This CPU's model name and whether it has AMX, read from /proc/cpuinfo (Linux); ("unknown", False) elsewhere.
-
-    bf16 products pay on a CPU only with AMX: with AVX-512 BF16 alone they ran slower than fp32.
-    """
-    try:
+def cpu_name():
+    """This CPU's model name, read from /proc/cpuinfo (Linux); "unknown" elsewhere."""
+    with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return "unknown", False
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                "unknown")
-    return name, " amx_bf16" in text or " amx_tile" in text
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def product_seconds(device, config, rows, repeats=5):
+    """Seconds one training step's matrix products of the model's layer shapes take on device in fp32 and in
+    bf16, (fp32, bf16): each layer's forward product on a batch of rows, the medians of repeats alternating
+    runs (a fraction of a second in all). Whether bf16 pays is measured, never guessed from the CPU's flags."""
+    import statistics
+    import time
+
+    import torch
+    layers = [(a, b) for widths in (config.encoder_widths(), config.decoder_widths())
+              for a, b in zip(widths[:-1], widths[1:], strict=True)]
+    times = {torch.float32: [], torch.bfloat16: []}
+    operands = {dtype: [(torch.randn(rows, a, device=device, dtype=dtype), torch.randn(a, b, device=device,
+                                                                                        dtype=dtype))
+                        for a, b in layers] for dtype in times}
+    for _ in range(repeats + 1):  # the first round warms up and is not counted
+        for dtype, pairs in operands.items():
+            synchronize(device)
+            t0 = time.perf_counter()
+            for x, w in pairs:
+                x @ w
+            synchronize(device)
+            times[dtype].append(time.perf_counter() - t0)
+    return tuple(statistics.median(times[dtype][1:]) for dtype in times)
+
+
+def synchronize(device):
+    """Wait for the device's queued work (CUDA runs asynchronously; the CPU needs nothing)."""
+    if device.type == "cuda":
+        import torch
+        torch.cuda.synchronize(device)

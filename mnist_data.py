@@ -161,8 +161,8 @@ def num_batches(n, batch_size):
 
 
 def batches(x, batch_size, add_noise=False, binarize=False, labels=None):
-    """Yield (x_hat, x) slices of a fresh permutation of x, binarized afresh when binarize; x_hat carries
-    noise when add_noise. With labels (one per image), (x_hat, x, y): the same batches with their labels."""
+    """Yield (x_hat, x, y) slices of a fresh permutation of x, binarized afresh when binarize; x_hat carries
+    noise when add_noise; y the batch's labels (None without labels)."""
     import torch
     perm = torch.randperm(len(x), device=x.device)
     for i in range(num_batches(len(x), batch_size)):
@@ -170,5 +170,4 @@ def batches(x, batch_size, add_noise=False, binarize=False, labels=None):
         batch = x[rows]
         if binarize:
             batch = bernoulli(batch)
-        pair = (salt_and_pepper(batch) if add_noise else batch), batch
-        yield pair if labels is None else (*pair, labels[rows])
+        yield (salt_and_pepper(batch) if add_noise else batch), batch, None if labels is None else labels[rows]

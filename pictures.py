@@ -2,8 +2,8 @@
 samples, the interpolation's pairs) on the run's device, built once and only for the pictures that are on, and
 their drawing into the results folder."""
 import mnist_data
-import safety
-from safety import RunError
+import results_folder
+from report import RunError, out_of_memory
 
 
 class Pictures:
@@ -42,7 +42,7 @@ class Pictures:
         try:
             self.folder.write(name, render)
         except (MemoryError, RuntimeError) as e:
-            if not safety.out_of_memory(e):
+            if not out_of_memory(e):
                 raise
             raise RunError(f"out of memory drawing {name} (try a smaller --{what}_n_img_x, --{what}_n_img_y or "
                            f"--{what}_resize_factor)") from None
@@ -57,9 +57,9 @@ class Pictures:
         """input.jpg, and input_noise.jpg (stretched min..max to 0..255, as the original drew it)."""
         prr = self.grids["PRR"]
         if prr.on:
-            self.grid(prr, safety.INPUT_JPG, self.x_prr)
+            self.grid(prr, results_folder.INPUT_JPG, self.x_prr)
             if self.add_noise:
-                self.grid(prr, safety.INPUT_NOISE_JPG, self.x_prr_hat, stretch=True)
+                self.grid(prr, results_folder.INPUT_NOISE_JPG, self.x_prr_hat, stretch=True)
 
     def labels(self, y):
         """The labels= a model is given: y for a conditional model, None for a plain one."""
@@ -71,7 +71,7 @@ class Pictures:
         import torch
 
         import plot_utils
-        g, name, labels = self.grids, safety.picture_name, self.labels
+        g, name, labels = self.grids, results_folder.picture_name, self.labels
         model.eval()  # no dropout in a picture, also when a resumed model only draws
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if g["PRR"].on:

@@ -24,9 +24,12 @@ from typing import NamedTuple
 
 import cli
 import mnist_data
-import safety
+import results_folder
+import signals
+from flags import DEFAULTS
 from pictures import Pictures
-from safety import SIGNALS, Interrupted, NonFinite, RunError, say
+from report import NonFinite, RunError, duration, fail, out_of_memory, quiet_stdout, say
+from signals import SIGNALS, Interrupted
 
 LONG_EVALUATION_S = 10  # an importance-weighted evaluation longer than this announces its time
 
@@ -42,7 +45,7 @@ def main(argv=None, script="run_main.py"):
             data = load_data(plan)  # every check that can fail runs before the folder is touched
             run = build_run(plan, data)
             SIGNALS.writing()  # from here a signal stops the run at its next safe point, never mid-write
-            with safety.results_folder(settings.results_path, settings.resume) as folder:
+            with results_folder.results_folder(settings.results_path, settings.resume) as folder:
                 check_still_the_checkpoint_read(plan, folder)
                 pictures = Pictures(plan, data, folder)
                 pictures.save_inputs()
@@ -54,25 +57,25 @@ def main(argv=None, script="run_main.py"):
                 SIGNALS.check()
         except Interrupted as e:
             saved = saved_checkpoint(plan, run, folder)
-            command = safety.resume_command(script, argv, saved, safety.python_command()) if saved else None
-            message = safety.interrupted_message(e, run.epoch if run else 0, saved, command)
-            safety.fail(message, safety.EXIT_SIGNALS[e.signum])
+            command = signals.resume_command(script, argv, saved, signals.python_command()) if saved else None
+            message = signals.interrupted_message(e, run.epoch if run else 0, saved, command)
+            fail(message, signals.EXIT_SIGNALS[e.signum])
         except NonFinite as e:
             saved = saved_checkpoint(plan, run, folder)
             kept = f"the last good checkpoint is {saved}" if saved else "no epoch finished"
-            safety.fail(f"non-finite {e.what} in {e.phase} (try a smaller --learn_rate); {kept}", 1)
+            fail(f"non-finite {e.what} in {e.phase} (try a smaller --learn_rate); {kept}", 1)
         except RunError as e:  # a failed write, a busy folder, a bad batch size or checkpoint
-            safety.fail(str(e), e.status)
+            fail(str(e), e.status)
         except (MemoryError, RuntimeError) as e:
-            if not safety.out_of_memory(e):
+            if not out_of_memory(e):
                 raise
-            safety.fail("out of memory while training (try a smaller --n_hidden, --batch_size or --iw_train)", 1)
+            fail("out of memory while training (try a smaller --n_hidden, --batch_size or --iw_train)", 1)
 
 
 def saved_checkpoint(plan, run, folder):
     """The newest checkpoint a user could resume from: this run's, else the one it resumed (or None)."""
     if run is not None and folder is not None and run.epoch > run.start:
-        return folder.file(safety.CHECKPOINT)
+        return folder.file(results_folder.CHECKPOINT)
     return plan.settings.resume if plan is not None else None
 
 
@@ -112,7 +115,7 @@ def load_data(plan):
     except mnist_data.MNISTError as e:  # missing or damaged data
         raise RunError(str(e)) from None
     except (MemoryError, RuntimeError) as e:
-        if not safety.out_of_memory(e):
+        if not out_of_memory(e):
             raise
         raise RunError(f"out of memory loading MNIST from {s.data_dir} onto {device}") from None
     if mnist_data.num_batches(len(mnist.train_x), s.batch_size) == 0:
@@ -141,24 +144,23 @@ def build_run(plan, data):
     """The model and Adam, new (seeded by --seed) or restored from the checkpoint with its random states."""
     import torch
 
-    import checkpoint
+    import training
     import vae
     s, ck = plan.settings, plan.checkpoint
     torch.manual_seed(s.seed)
     if ck is None:
-        model = vae.VAE(s.dim_z, s.n_hidden, s.keep_prob, conditional=s.conditional).to(plan.device)
+        model = vae.VAE(plan.config).to(plan.device)
         if s.output_bias == "mean":
             model.init_output_bias(data.train_x.mean(0))
-        return Run(model, vae.adam(model, s.learn_rate))
-    model, optimizer = checkpoint.restore(ck, plan.device, s.learn_rate)
+        return Run(model, training.adam(model, s.learn_rate))
+    model, optimizer = training.restore(ck, plan.device, s.learn_rate)
     say(f"resumed from {s.resume} after {ck.epoch} epochs")
-    for f in cli.FLAGS:
-        if f.role == cli.TRAINING and ck.args.get(f.name, f.default) != getattr(s, f.name):
-            say(f"--{f.name} is now {getattr(s, f.name)} (the checkpoint's run used {ck.args.get(f.name, f.default)})")
+    for line in plan.changed:
+        say(line)
     planned = ck.args.get("num_epochs", s.num_epochs)
     if s.lr_schedule == "cosine" and planned != s.num_epochs and ck.epoch < s.num_epochs:
-        before = {name: ck.args.get(name, cli.DEFAULTS[name]) for name in ("learn_rate", "lr_min", "lr_schedule")}
-        was = vae.learning_rate(ck.epoch, planned, before["learn_rate"], before["lr_min"], before["lr_schedule"])
+        before = {name: ck.args.get(name, DEFAULTS[name]) for name in ("learn_rate", "lr_min", "lr_schedule")}
+        was = training.learning_rate(ck.epoch, planned, before["learn_rate"], before["lr_min"], before["lr_schedule"])
         say(f"the cosine schedule now runs over {s.num_epochs} epochs (the checkpoint's run planned {planned}): "
             f"epoch {ck.epoch} trains at {learning_rate(s, ck.epoch):.3g} where it would have at {was:.3g}")
     return Run(model, optimizer, ck.epoch, ck.best_loss, [dict(row) for row in ck.history], ck.epoch)
@@ -168,15 +170,15 @@ def build_run(plan, data):
 
 def learning_rate(s, epoch):
     """Adam's rate in an epoch under the run's schedule."""
-    import vae
-    return vae.learning_rate(epoch, s.num_epochs, s.learn_rate, s.lr_min, s.lr_schedule)
+    import training
+    return training.learning_rate(epoch, s.num_epochs, s.learn_rate, s.lr_min, s.lr_schedule)
 
 
 def train(s, run, data, pictures):
     """Train from run.epoch to --num_epochs, evaluating on the test set and saving after each epoch."""
     from tqdm import tqdm
 
-    import vae
+    import training
     show_bar = sys.stderr.isatty()
     steps = mnist_data.num_batches(len(data.train_x), s.batch_size)
     for epoch in range(run.epoch, s.num_epochs):
@@ -188,14 +190,15 @@ def train(s, run, data, pictures):
                 bar.set_postfix(loss=f"{loss.item():.2f}", refresh=False)
                 bar.update()
             batches = mnist_data.batches(data.train_x, s.batch_size, s.add_noise, s.binarize, data.train_y)
-            train_metrics = vae.train_epoch(run.model, run.optimizer, batches, s.precision, s.iw_train,
-                                            vae.kl_weights(epoch, steps, s.kl_warmup), should_stop=SIGNALS.stopping,
-                                            on_step=show_step if show_bar else None, gradient=s.iw_gradient)
+            kl_weights = training.kl_weights(epoch, steps, s.kl_warmup)
+            train_metrics = training.train_epoch(
+                run.model, run.optimizer, batches, s.precision, s.iw_train, kl_weights, should_stop=SIGNALS.stopping,
+                on_step=show_step if show_bar else None, gradient=s.iw_gradient)
         if train_metrics is None:
             raise Interrupted(SIGNALS.received, epoch)
         if not (all(map(math.isfinite, train_metrics)) and all(p.isfinite().all() for p in run.model.parameters())):
             raise NonFinite("loss", f"epoch {epoch}")
-        test_metrics = vae.evaluate(run.model, data.test.x_hat, data.test.x, data.test.y)
+        test_metrics = training.evaluate(run.model, data.test.x_hat, data.test.x, data.test.y)
         if not all(map(math.isfinite, test_metrics)):
             raise NonFinite("test loss", f"epoch {epoch}")
         seconds = time.perf_counter() - t0
@@ -217,17 +220,18 @@ def save_epoch(s, run, pictures, figures, seconds):
     epoch, folder = run.epoch, pictures.folder
     run.history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train_figures._asdict().items()},
                         **{f"test_{k}": v for k, v in test_figures._asdict().items()}, "seconds": seconds})
-    folder.write(safety.METRICS_CSV, render_metrics(run.history))
-    folder.write(safety.LOSS_PNG, lambda f: plot_utils.save_loss_curve(
+    folder.write(results_folder.METRICS_CSV, render_metrics(run.history))
+    folder.write(results_folder.LOSS_PNG, lambda f: plot_utils.save_loss_curve(
         f, [r["epoch"] for r in run.history], [r["train_loss"] for r in run.history],
         [r["test_loss"] for r in run.history]))
     if train_figures.loss < run.best_loss or epoch + 1 == s.num_epochs:
         run.best_loss = min(run.best_loss, train_figures.loss)
         pictures.save(run.model, epoch)
     run.epoch = epoch + 1
-    folder.write(safety.CHECKPOINT, lambda f: checkpoint.save(
+    folder.write(results_folder.CHECKPOINT, lambda f: checkpoint.save(
         f, run.model, run.optimizer, epoch=run.epoch, best_loss=run.best_loss, history=run.history,
         args=dataclasses.asdict(s), rng=checkpoint.rng_state(pictures.device)))
+    folder.write(results_folder.SETTINGS_JSON, render_settings(s, run, pictures.device))
 
 
 def render_metrics(history):
@@ -245,12 +249,22 @@ def render_metrics(history):
     return render
 
 
+def render_settings(s, run, device):
+    """settings.json's renderer: the flags of the run the checkpoint holds, its model's config, the epochs it
+    finished, the torch version and the device, readable without torch."""
+    import torch
+    record = {"flags": dataclasses.asdict(s), "model": run.model.config.as_saved(), "epochs_finished": run.epoch,
+              "torch": torch.__version__, "device": str(device)}
+    return lambda f: f.write((json.dumps(record, indent=2, allow_nan=False) + "\n").encode())
+
+
 # ---- evaluate
 
 def final_evaluation(s, run, data, folder):
     """The importance-weighted likelihood bound and the denoising error, printed and in evaluation.json."""
     from tqdm import tqdm
 
+    import training
     import vae
     test = data.test
     of = "log p(x|y)" if s.conditional else "log p(x)"
@@ -269,7 +283,7 @@ def final_evaluation(s, run, data, folder):
                     estimate = times[0] + (times[1] - times[0]) * (chunks - 1)
                     if estimate > LONG_EVALUATION_S:
                         say(f"test {of} with K={s.iw_samples} on {len(test.x)} images: about "
-                            f"{safety.duration(estimate)}")
+                            f"{duration(estimate)}")
             log_px = vae.mean_log_likelihood(run.model, test.x_hat, test.x, s.iw_samples, test.y,
                                              on_batch=bar.update, on_chunk=chunk_done)
         if not math.isfinite(log_px):
@@ -277,11 +291,11 @@ def final_evaluation(s, run, data, folder):
         say("test %s >= -%.2f nats (K=%d, %.1f s)" % (of, -log_px, s.iw_samples, time.perf_counter() - t0))
         evaluation.update(K=s.iw_samples, test_log_likelihood=log_px)
     if s.add_noise:
-        noisy, restored = vae.mean_abs_error(run.model, test.x_hat, test.x, test.y)
+        noisy, restored = training.mean_abs_error(run.model, test.x_hat, test.x, test.y)
         say("denoising: mean absolute error to the clean test images: noisy %.4f, restored %.4f" % (noisy, restored))
         evaluation.update(mae_noisy=noisy, mae_restored=restored)
     if s.iw_samples or s.add_noise:
-        folder.write(safety.EVALUATION_JSON,
+        folder.write(results_folder.EVALUATION_JSON,
                      lambda f: f.write(json.dumps(evaluation, indent=2, allow_nan=False).encode()))
 
 
@@ -289,9 +303,9 @@ if __name__ == "__main__":
     try:
         main(script=sys.argv[0])
     except KeyboardInterrupt:  # a Ctrl-C after the run's handlers are gone
-        safety.fail("interrupted", 130)
+        fail("interrupted", 130)
     except BrokenPipeError:  # the reader of our output went away (| head): stop quietly, as Unix tools do
-        safety.quiet_stdout()
+        quiet_stdout()
         sys.exit(141)
     finally:
-        safety.ignore_signals()  # the line is printed: a later signal adds none while the interpreter exits
+        signals.ignore_signals()  # the line is printed: a later signal adds none while the interpreter exits

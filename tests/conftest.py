@@ -1,16 +1,32 @@
-"""Shared fixtures: a tiny synthetic MNIST written as real IDX files, and a way to run the CLI."""
+"""What the tests share: a synthetic MNIST written as real IDX files, ways to run the command line, a small
+trained run, and one helper to edit a checkpoint as a user with torch.load and torch.save would."""
+import atexit
+import contextlib
+import csv
+import io
 import os
+import pathlib
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections import namedtuple
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+import checkpoint  # noqa: E402
+import cli  # noqa: E402
+import config  # noqa: E402
 import mnist_data  # noqa: E402
+import run_main  # noqa: E402
+import training  # noqa: E402
 
 # The tests' models are tiny: one thread is as fast, and it keeps a busy 2-core machine from stalling
 # two threads that wait on each other. Subprocesses get the same through the environment.
@@ -52,10 +68,29 @@ def write_mnist(data_dir, n_train=N_TRAIN, n_test=N_TEST):
     return str(data_dir)
 
 
+SESSION = {}  # what the whole test session shares
+
+
+def synthetic_mnist():
+    """The session's synthetic MNIST folder, written on first use (tests must not modify it)."""
+    if "mnist" not in SESSION:
+        SESSION["mnist"] = folder = tempfile.mkdtemp(prefix="synthetic-mnist-")
+        atexit.register(shutil.rmtree, folder, True)
+        write_mnist(folder)
+    return SESSION["mnist"]
+
+
 @pytest.fixture(scope="session")
-def mnist_dir(tmp_path_factory):
-    """A synthetic MNIST folder shared by the whole session (tests must not modify it)."""
-    return write_mnist(tmp_path_factory.mktemp("mnist"))
+def mnist_dir():
+    """The session's synthetic MNIST folder (tests must not modify it)."""
+    return synthetic_mnist()
+
+
+def with_data(args):
+    """The arguments of a run, reading the session's synthetic MNIST unless they name a --data_dir."""
+    args = [str(a) for a in args]
+    return args if any(a == "--data_dir" or a.startswith("--data_dir=") for a in args) else [
+        *args, "--data_dir", synthetic_mnist()]
 
 
 @pytest.fixture
@@ -70,17 +105,16 @@ FAST = ["--batch_size", "64", "--n_hidden", "64", "--PMLR_n_samples", "100"]
 
 
 def run_cli(*args, cwd=ROOT, timeout=240, **kwargs):
-    """Run run_main.py in a subprocess; returns the CompletedProcess with text output."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, "run_main.py"), *map(str, args)],
+    """Run run_main.py in a subprocess (on the session's synthetic MNIST unless args name a --data_dir); returns
+    the CompletedProcess with text output."""
+    return subprocess.run([sys.executable, os.path.join(ROOT, "run_main.py"), *with_data(args)],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def checkpoint_file(folder, model, name="checkpoint.pt"):
     """A one-epoch checkpoint of model, with Adam's state after one step, written as a run writes it."""
-    import checkpoint
-    import vae
-    optimizer = vae.adam(model, 1e-3)
-    x = torch.rand(4, vae.DIM_IMG, generator=torch.Generator().manual_seed(0)).to(next(model.parameters()).device)
+    optimizer = training.adam(model, 1e-3)
+    x = torch.rand(4, config.DIM_IMG, generator=torch.Generator().manual_seed(0)).to(next(model.parameters()).device)
     model.loss(x, x, y=torch.arange(4, device=x.device))[0].backward()  # the labels serve a conditional model
     optimizer.step()
     row = {k: 1.0 for k in checkpoint.METRICS}
@@ -93,7 +127,6 @@ def checkpoint_file(folder, model, name="checkpoint.pt"):
 
 def usage_error(capsys, argv):
     """Parse argv expecting a usage error; return its stderr."""
-    import cli
     with pytest.raises(SystemExit) as exit_info:
         cli.parse_args(argv)
     assert exit_info.value.code == 2
@@ -103,3 +136,84 @@ def usage_error(capsys, argv):
 # the devices a test that takes one runs on: the CPU, and CUDA where there is one (skipped, not failed, without)
 DEVICES = [pytest.param("cpu"), pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                                                reason="no CUDA device"))]
+
+
+EPOCH_LINE = re.compile(r"^epoch (\d+): L_tot \d+\.\d\d L_likelihood \d+\.\d\d L_divergence \d+\.\d\d"
+                        r" \| test L_tot \d+\.\d\d L_likelihood \d+\.\d\d L_divergence \d+\.\d\d \| [\d.]+ s$")
+
+
+Done = namedtuple("Done", "status stdout stderr")
+
+
+def run(*args):
+    """run_main.main(args) in this process (on the session's synthetic MNIST unless args name a --data_dir): its
+    exit status, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_main.main(with_data(args))
+            status = 0
+        except SystemExit as e:
+            status = e.code
+    return Done(status, out.getvalue(), err.getvalue())
+
+
+def one_line_error(done, status, needle):
+    assert done.status == status, done
+    assert done.stderr.startswith("run_main.py: error:") and done.stderr.count("\n") == 1, done.stderr
+    assert needle in done.stderr, done.stderr
+
+
+def metrics(results):
+    with open(os.path.join(results, "metrics.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+def without_seconds(rows):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def epochs_printed(stdout):
+    return [int(m.group(1)) for m in map(EPOCH_LINE.match, stdout.splitlines()) if m]
+
+
+def saved_epoch(results):
+    return torch.load(os.path.join(results, "checkpoint.pt"), weights_only=True)["epoch"]
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """One epoch of the default model shape (FAST), its folder and checkpoint."""
+    folder = tmp_path_factory.mktemp("small") / "R"
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
+    assert done.status == 0, done.stderr
+    return folder
+
+
+def images(n, seed=0):
+    x, _ = synthetic_digits(n, seed)
+    return torch.from_numpy(x).reshape(n, 784).float() / 255
+
+
+def edited(path, change, out=None):
+    """A copy of the checkpoint at path, changed by change(dict) as a user with torch.load and torch.save would,
+    written to out (default: edited.pt beside it; its folder is made)."""
+    raw = torch.load(path, weights_only=True)
+    change(raw)
+    out = pathlib.Path(out if out is not None else os.path.join(os.path.dirname(path), "edited.pt"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(raw, out)
+    return out
+
+
+def picture(results, name):
+    return np.asarray(Image.open(os.path.join(results, name)), dtype=float)
+
+
+def set_field(*keys, value):
+    def change(raw):
+        target = raw
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value(target[keys[-1]]) if callable(value) else value
+    return change

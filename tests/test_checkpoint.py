@@ -8,25 +8,18 @@ import torch
 
 import checkpoint
 import hardware
+import training
 import vae
-from conftest import DEVICES, checkpoint_file
+from config import VAEConfig
+from conftest import DEVICES, checkpoint_file, edited, set_field
 
 
 @pytest.fixture
 def good(tmp_path):
     """A sound checkpoint of a small model, and the model."""
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=3, n_hidden=24, keep_prob=0.8)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=24, keep_prob=0.8))
     return checkpoint_file(tmp_path, model), model
-
-
-def edited(path, change, name="edited.pt"):
-    """A copy of the checkpoint at path, changed by change(dict) as a user with torch.load and torch.save would."""
-    raw = torch.load(path, weights_only=True)
-    change(raw)
-    out = os.path.join(os.path.dirname(path), name)
-    torch.save(raw, out)
-    return out
 
 
 def test_load_rebuilds_the_model_in_eval_mode(good):
@@ -63,15 +56,6 @@ def set_moment(entry, key, make):
     return change
 
 
-def set_field(*keys, value):
-    def change(raw):
-        target = raw
-        for k in keys[:-1]:
-            target = target[k]
-        target[keys[-1]] = value(target[keys[-1]]) if callable(value) else value
-    return change
-
-
 DAMAGED = {
     "epoch as text": (set_field("epoch", value="2"), "bad epoch"),
     "epoch 0": (set_field("epoch", value=0), "bad epoch"),
@@ -80,7 +64,7 @@ DAMAGED = {
     "best_loss bool": (set_field("best_loss", value=True), "bad best_loss"),
     "best_loss 10**400": (set_field("best_loss", value=10**400), "bad best_loss"),
     "history 10**400": (lambda raw: raw["history"][0].update(train_loss=10**400), "bad history"),
-    "n_hidden 2**31 - 1": (set_field("model_args", "n_hidden", value=2**31 - 1), "make no model"),
+    "n_hidden 2**31 - 1": (set_field("model_args", "n_hidden", value=2**31 - 1), "do not fit"),
     "weight sparse": (set_field("model", "encoder.net.3.weight", value=lambda t: t.to_sparse()), "do not fit"),
     "history NaN": (lambda raw: raw["history"][0].update(test_loss=float("nan")), "bad history"),
     "history inf": (lambda raw: raw["history"][0].update(train_nll=float("inf")), "bad history"),
@@ -123,7 +107,7 @@ def test_a_small_file_claiming_a_huge_model_is_refused_before_any_model_is_built
     """Each weight a stride-0 view of one stored zero: a 60,000-unit model's shapes in a file of kilobytes."""
     def bomb(raw):
         raw["model_args"]["n_hidden"] = 60000
-        shapes = checkpoint.meta_state(raw["model_args"])
+        shapes = VAEConfig.from_saved(raw["model_args"]).shapes()
         raw["model"] = {name: torch.zeros(1).expand(*shape) for name, shape in shapes.items()}
     path = edited(good[0], bomb)
     assert os.path.getsize(path) < 10**6  # the model it claims would take 14 GB
@@ -136,14 +120,14 @@ def test_a_small_file_claiming_a_huge_model_is_refused_before_any_model_is_built
     monkeypatch.setattr(vae.VAE, "__init__", counting)
     with pytest.raises(ValueError, match="do not fit its model arguments"):
         vae.load(path)
-    assert built == ["meta"]  # only the shapes were made
+    assert built == []  # the shapes come from the config: no model was made
 
 
 def test_a_model_larger_than_the_free_memory_is_refused_before_it_is_built(good, monkeypatch):
     read = checkpoint.read(good[0])
     monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": 1000)
     with pytest.raises(ValueError, match="the checkpoint's model needs about .* of memory; 1e-06 GB is available"):
-        checkpoint.model(read)
+        vae.from_checkpoint(read, torch.device("cpu"))
 
 
 OPTIMIZER_REFUSED = {
@@ -189,7 +173,7 @@ def test_moments_in_another_layout_or_shared_are_copied_into_the_runs_own_tensor
     assert torch.equal(other.adam[2]["exp_avg"], moments["exp_avg"]) and other.adam[2]["exp_avg"].is_contiguous()
     first, second = (other.adam[4][k].untyped_storage().data_ptr() for k in ("exp_avg", "exp_avg_sq"))
     assert first != second  # one tensor in the file, two of the run's own
-    _, optimizer = checkpoint.restore(other, torch.device("cpu"), 1e-3)
+    _, optimizer = training.restore(other, torch.device("cpu"), 1e-3)
     assert torch.equal(adam_state(optimizer, 2)["exp_avg"], moments["exp_avg"])
     assert adam_state(optimizer, 2)["exp_avg"].is_contiguous()
 
@@ -199,7 +183,7 @@ def test_restored_adam_and_random_stream_continue_exactly(good):
     read = checkpoint.read(path)
     saved = torch.load(path, weights_only=True)
     torch.manual_seed(123)
-    restored, optimizer = checkpoint.restore(read, torch.device("cpu"), 1e-3)
+    restored, optimizer = training.restore(read, torch.device("cpu"), 1e-3)
     assert torch.equal(torch.get_rng_state(), saved["rng"]["cpu"])
     for i, entry in saved["optimizer"]["state"].items():
         assert all(torch.equal(adam_state(optimizer, i)[k], v) for k, v in entry.items())
@@ -210,7 +194,7 @@ def test_restored_adam_and_random_stream_continue_exactly(good):
 
 def test_the_files_hyperparameters_are_never_taken(good):
     path = edited(good[0], lambda raw: raw["optimizer"]["param_groups"][0].update(amsgrad=True, lr=5.0))
-    _, optimizer = checkpoint.restore(checkpoint.read(path), torch.device("cpu"), 1e-3)
+    _, optimizer = training.restore(checkpoint.read(path), torch.device("cpu"), 1e-3)
     assert optimizer.param_groups[0]["amsgrad"] is False and optimizer.param_groups[0]["lr"] == 1e-3
 
 
@@ -248,5 +232,5 @@ def test_a_checkpoint_made_on_one_device_loads_on_another(good, tmp_path, device
 
 def test_a_file_larger_than_the_free_memory_is_refused_before_it_is_read(good, monkeypatch):
     monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": 1000)
-    with pytest.raises(ValueError, match="is larger than the memory there is"):
+    with pytest.raises(ValueError, match="needs about .* of memory; 1e-06 GB is available"):
         checkpoint.read(good[0])

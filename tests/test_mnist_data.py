@@ -135,12 +135,12 @@ def test_bernoulli_preserves_the_mean():
 
 def test_binarized_batches_are_drawn_afresh_each_epoch():
     x = torch.full((256, 784), 0.5)
-    first = torch.cat([b for _, b in mnist_data.batches(x, 64, binarize=True)])
-    second = torch.cat([b for _, b in mnist_data.batches(x, 64, binarize=True)])
+    first = torch.cat([b for _, b, _ in mnist_data.batches(x, 64, binarize=True)])
+    second = torch.cat([b for _, b, _ in mnist_data.batches(x, 64, binarize=True)])
     assert set(first.unique().tolist()) == {0.0, 1.0}
     assert not torch.equal(first, second)
     assert abs(first.mean().item() - 0.5) < 0.01
-    for x_hat, target in mnist_data.batches(x, 64, add_noise=True, binarize=True):
+    for x_hat, target, _ in mnist_data.batches(x, 64, add_noise=True, binarize=True):
         assert set(target.unique().tolist()) == {0.0, 1.0}
         assert set(x_hat.unique().tolist()) <= {0.0, 1.0, 2.0}  # the noise applies to the binary image
         assert torch.all(x_hat[target == 1] >= 0) and torch.all(x_hat[target == 0] <= 1)
@@ -160,15 +160,15 @@ def test_batches_are_a_permutation_in_floor_n_over_b_slices():
     x = torch.arange(1000, dtype=torch.float32).unsqueeze(1).repeat(1, 3)
     got = list(mnist_data.batches(x, 128))
     assert len(got) == 1000 // 128 == mnist_data.num_batches(1000, 128)
-    seen = torch.cat([b[:, 0] for _, b in got])
+    seen = torch.cat([b[:, 0] for _, b, _ in got])
     assert len(seen) == 7 * 128 and len(seen.unique()) == len(seen)
-    assert all(x_hat is b for x_hat, b in got)
+    assert all(x_hat is b for x_hat, b, _ in got)
     assert not torch.equal(seen, torch.arange(len(seen), dtype=torch.float32))  # shuffled
 
 
 def test_noisy_batches_keep_the_clean_target():
     x = torch.full((256, 784), 0.5)
-    for x_hat, target in mnist_data.batches(x, 64, add_noise=True):
+    for x_hat, target, _ in mnist_data.batches(x, 64, add_noise=True):
         assert torch.equal(target, torch.full((64, 784), 0.5))
         assert not torch.equal(x_hat, target)
         assert set(x_hat.unique().tolist()) <= {0.0, 0.5, 1.0, 1.5}

@@ -1,7 +1,6 @@
 """run_main.py: flags and usage errors, then whole runs on synthetic MNIST (in this process, except where a
 real process matters: signals, the terminal's progress bar, the exit status of a usage error)."""
 import contextlib
-import csv
 import errno
 import fcntl
 import io
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import termios
 import time
-from collections import namedtuple
 
 import numpy as np
 import pytest
@@ -25,51 +23,31 @@ import torch
 from PIL import Image
 
 import cli
+import plot_utils
+import report
+import results_folder
 import run_main
-import safety
+import signals
+import training
 import vae
 from checkpoint import FORMAT, METRICS
-from conftest import DEVICES, FAST, ROOT, usage_error
+from conftest import (
+    DEVICES,
+    FAST,
+    ROOT,
+    edited,
+    epochs_printed,
+    metrics,
+    one_line_error,
+    run,
+    saved_epoch,
+    set_field,
+    usage_error,
+    with_data,
+    without_seconds,
+)
 
-EPOCH_LINE = re.compile(r"^epoch (\d+): L_tot \d+\.\d\d L_likelihood \d+\.\d\d L_divergence \d+\.\d\d"
-                        r" \| test L_tot \d+\.\d\d L_likelihood \d+\.\d\d L_divergence \d+\.\d\d \| [\d.]+ s$")
 DENOISING_2D = ["--dim_z", "2", "--PMLR", "True", "--add_noise", "True"]
-Done = namedtuple("Done", "status stdout stderr")
-
-
-def run(*args):
-    """run_main.main(args) in this process: its exit status, stdout and stderr."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_main.main([str(a) for a in args])
-            status = 0
-        except SystemExit as e:
-            status = e.code
-    return Done(status, out.getvalue(), err.getvalue())
-
-
-def one_line_error(done, status, needle):
-    assert done.status == status, done
-    assert done.stderr.startswith("run_main.py: error:") and done.stderr.count("\n") == 1, done.stderr
-    assert needle in done.stderr, done.stderr
-
-
-def metrics(results):
-    with open(os.path.join(results, "metrics.csv")) as f:
-        return list(csv.DictReader(f))
-
-
-def without_seconds(rows):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
-
-
-def epochs_printed(stdout):
-    return [int(m.group(1)) for m in map(EPOCH_LINE.match, stdout.splitlines()) if m]
-
-
-def saved_epoch(results):
-    return torch.load(os.path.join(results, "checkpoint.pt"), weights_only=True)["epoch"]
 
 
 # whole runs
@@ -80,8 +58,7 @@ def first_run(mnist_dir, tmp_path_factory):
     results = tmp_path_factory.mktemp("first") / "results"
     results.mkdir()
     (results / "keep.txt").write_text("mine")
-    done = run(*DENOISING_2D, "--PRS", "True", "--num_epochs", "2", *FAST, "--data_dir", mnist_dir,
-               "--results_path", results)
+    done = run(*DENOISING_2D, "--PRS", "True", "--num_epochs", "2", *FAST, "--results_path", results)
     assert done.status == 0, done.stderr
     return str(results), done
 
@@ -131,8 +108,7 @@ def test_noisy_input_picture_is_stretched_from_its_minimum_to_its_maximum(first_
 
 def test_prior_samples_are_the_same_z_every_epoch_and_leave_training_alone(first_run, mnist_dir, tmp_path):
     results, _ = first_run
-    again = run(*DENOISING_2D, "--num_epochs", "2", *FAST, "--data_dir", mnist_dir,
-                "--results_path", tmp_path / "again")
+    again = run(*DENOISING_2D, "--num_epochs", "2", *FAST, "--results_path", tmp_path / "again")
     assert again.status == 0, again.stderr
     assert without_seconds(metrics(tmp_path / "again")) == without_seconds(metrics(results))  # --PRS True or not
     assert not any(name.startswith("PRS_") for name in os.listdir(tmp_path / "again"))
@@ -144,7 +120,6 @@ def test_prior_samples_are_the_same_z_every_epoch_and_leave_training_alone(first
 
 
 def grid_jpeg(images):
-    import plot_utils
     buffer = io.BytesIO()
     plot_utils.save_grid(buffer, images, 10, 10)
     return buffer.getvalue()
@@ -152,7 +127,7 @@ def grid_jpeg(images):
 
 def test_same_seed_same_metrics_and_other_seed_differs(first_run, mnist_dir, tmp_path):
     results, _ = first_run
-    other = run(*DENOISING_2D, "--num_epochs", "1", *FAST, "--data_dir", mnist_dir, "--seed", "2",
+    other = run(*DENOISING_2D, "--num_epochs", "1", *FAST, "--seed", "2",
                 "--results_path", tmp_path / "other")
     assert other.status == 0, other.stderr
     assert without_seconds(metrics(tmp_path / "other"))[0] != without_seconds(metrics(results))[0]
@@ -160,12 +135,11 @@ def test_same_seed_same_metrics_and_other_seed_differs(first_run, mnist_dir, tmp
 
 def test_resume_continues_as_if_never_stopped(first_run, mnist_dir, tmp_path):
     results, _ = first_run
-    straight = run(*DENOISING_2D, "--num_epochs", "3", *FAST, "--data_dir", mnist_dir,
-                   "--results_path", tmp_path / "straight")
+    straight = run(*DENOISING_2D, "--num_epochs", "3", *FAST, "--results_path", tmp_path / "straight")
     assert straight.status == 0, straight.stderr
     # dim_z, n_hidden and add_noise come from the checkpoint; --num_epochs is the total
     resumed = run("--PMLR", "True", "--num_epochs", "3", "--batch_size", "64", "--PMLR_n_samples", "100",
-                  "--data_dir", mnist_dir, "--results_path", tmp_path / "resumed",
+                  "--results_path", tmp_path / "resumed",
                   "--resume", os.path.join(results, "checkpoint.pt"))
     assert resumed.status == 0, resumed.stderr
     assert epochs_printed(resumed.stdout) == [2]
@@ -190,7 +164,7 @@ def test_resume_refuses_other_data_or_model_and_prints_changed_rates(first_run, 
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # where a default ./results would appear
     done = run("--learn_rate", "5e-4", "--batch_size", "32", "--precision", "bf16", "--num_epochs", "3",
-               "--PMLR_n_samples", "100", "--data_dir", mnist_dir, "--resume", copy / "checkpoint.pt")
+               "--PMLR_n_samples", "100", "--resume", copy / "checkpoint.pt")
     assert done.status == 0, done.stderr
     assert "--learn_rate is now 0.0005 (the checkpoint's run used 0.001)" in done.stdout
     assert "--batch_size is now 32 (the checkpoint's run used 64)" in done.stdout
@@ -202,7 +176,7 @@ def test_resume_refuses_other_data_or_model_and_prints_changed_rates(first_run, 
 def test_resume_with_finished_epochs_only_plots_and_evaluates(first_run, mnist_dir, tmp_path):
     results, _ = first_run
     done = run("--PMLR", "True", "--num_epochs", "2", "--batch_size", "64", "--PMLR_n_samples", "100",
-               "--iw_samples", "5", "--data_dir", mnist_dir, "--results_path", tmp_path,
+               "--iw_samples", "5", "--results_path", tmp_path,
                "--resume", os.path.join(results, "checkpoint.pt"))
     assert done.status == 0, done.stderr
     assert epochs_printed(done.stdout) == []
@@ -231,8 +205,9 @@ def test_bad_checkpoints_are_one_line_usage_errors(first_run, tmp_path, capsys):
     for argv, needle in cases:
         err = usage_error(capsys, argv)
         assert needle in err and err.count("\n") == 1, (argv, err)
-    args, checkpoint, _, _ = cli.parse_args(["--resume", good, "--dim_z", "2"])
-    assert (args.dim_z, args.n_hidden, checkpoint.epoch, args.results_path) == (2, 64, 2, results)
+    plan = cli.parse_args(["--resume", good, "--dim_z", "2"])
+    assert (plan.settings.dim_z, plan.settings.n_hidden, plan.checkpoint.epoch, plan.settings.results_path) == (
+        2, 64, 2, results)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(first_run, mnist_dir, tmp_path):
@@ -240,8 +215,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(first_run, mni
     copy = tmp_path / "results"
     shutil.copytree(results, copy)
     before = (copy / "checkpoint.pt").read_bytes()
-    done = run("--learn_rate", "1e38", "--num_epochs", "4", "--batch_size", "64", "--data_dir", mnist_dir,
-               "--resume", copy / "checkpoint.pt")
+    done = run("--learn_rate", "1e38", "--num_epochs", "4", "--batch_size", "64", "--resume", copy / "checkpoint.pt")
     one_line_error(done, 1, "non-finite loss in epoch 2")
     assert str(copy / "checkpoint.pt") in done.stderr
     assert (copy / "checkpoint.pt").read_bytes() == before
@@ -255,18 +229,18 @@ def test_a_fresh_run_moves_an_earlier_run_aside(first_run, mnist_dir, tmp_path):
     shutil.copytree(results, folder)
     (folder / "notes.txt").write_text("mine")
     (folder / "PRR_epoch_01.jpg.bak").write_text("mine too")
-    earlier = safety.ResultsFolder(str(folder)).outputs()
+    earlier = results_folder.ResultsFolder(str(folder)).outputs()
     assert "checkpoint.pt" in earlier and "PRS_epoch_01.jpg" in earlier and "keep.txt" not in earlier
     for n in (1, 2):
-        done = run("--dim_z", "3", "--num_epochs", "1", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+        done = run("--dim_z", "3", "--num_epochs", "1", *FAST, "--results_path", folder)
         assert done.status == 0, done.stderr
-        assert f"moved the earlier run's {len(earlier) if n == 1 else 5} files in {folder} to " \
+        assert f"moved the earlier run's {len(earlier) if n == 1 else 6} files in {folder} to " \
                f"{folder / f'previous_run_{n}'}" in done.stdout
     assert sorted(os.listdir(folder / "previous_run_1")) == earlier
     with open(os.path.join(results, "checkpoint.pt"), "rb") as f:
         assert (folder / "previous_run_1" / "checkpoint.pt").read_bytes() == f.read()
     assert sorted(os.listdir(folder / "previous_run_2")) == ["PRR_epoch_00.jpg", "checkpoint.pt", "input.jpg",
-                                                              "loss.png", "metrics.csv"]
+                                                              "loss.png", "metrics.csv", "settings.json"]
     assert [r["epoch"] for r in metrics(folder)] == ["0"] and saved_epoch(folder) == 1
     assert (folder / "notes.txt").read_text() == "mine" and (folder / "keep.txt").read_text() == "mine"
     assert (folder / "PRR_epoch_01.jpg.bak").read_text() == "mine too"
@@ -275,12 +249,12 @@ def test_a_fresh_run_moves_an_earlier_run_aside(first_run, mnist_dir, tmp_path):
 def test_a_locked_folder_stops_a_second_run(mnist_dir, tmp_path):
     folder = tmp_path / "results"
     folder.mkdir()
-    with open(folder / safety.LOCK_NAME, "a") as held:
+    with open(folder / results_folder.LOCK_NAME, "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running run_main.py holds it
-        done = run("--num_epochs", "1", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+        done = run("--num_epochs", "1", *FAST, "--results_path", folder)
     one_line_error(done, 1, f"another run is writing to {folder}")
-    assert sorted(os.listdir(folder)) == [safety.LOCK_NAME]
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    assert sorted(os.listdir(folder)) == [results_folder.LOCK_NAME]
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
     assert done.status == 0, done.stderr  # released with the file: a dead run leaves no lock behind
 
 
@@ -289,13 +263,13 @@ def test_stale_temporary_files_are_removed_and_others_kept(mnist_dir, tmp_path):
     folder.mkdir()
     for name in ("checkpoint.pt.tmp", "metrics.csv.tmp", "PRR_epoch_03.jpg.tmp", "notes.tmp"):
         (folder / name).write_text("stale")
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
     assert done.status == 0, done.stderr
     assert [n for n in os.listdir(folder) if n.endswith(".tmp")] == ["notes.tmp"]
 
 
 def failing_open(monkeypatch, fails, error):
-    """Make safety.py's open raise error (after writing a little) for the files fails(path) picks."""
+    """Make results_folder.py's open raise error (after writing a little) for the files fails(path) picks."""
     def fake_open(path, mode="r", *args, **kwargs):
         f = open(path, mode, *args, **kwargs)
         if "w" in mode and fails(str(path)):
@@ -303,7 +277,7 @@ def failing_open(monkeypatch, fails, error):
             f.close()
             raise error
         return f
-    monkeypatch.setattr(safety, "open", fake_open, raising=False)
+    monkeypatch.setattr(results_folder, "open", fake_open, raising=False)
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
@@ -311,7 +285,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(mnist_dir, t
     writes = []
     failing_open(monkeypatch, lambda p: p.endswith("checkpoint.pt.tmp") and writes.append(p) or len(writes) > 1,
                  OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
-    done = run("--num_epochs", "3", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    done = run("--num_epochs", "3", *FAST, "--results_path", folder)
     one_line_error(done, 1, f"cannot write {folder / 'checkpoint.pt'}: no space left on device")
     assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
     assert saved_epoch(folder) == 1  # epoch 1's checkpoint failed; epoch 0's stays
@@ -320,7 +294,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(mnist_dir, t
 def test_a_read_only_folder_is_one_line(mnist_dir, tmp_path, monkeypatch):
     folder = tmp_path / "results"
     failing_open(monkeypatch, lambda p: True, OSError(errno.EROFS, os.strerror(errno.EROFS)))
-    done = run("--num_epochs", "1", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    done = run("--num_epochs", "1", *FAST, "--results_path", folder)
     one_line_error(done, 1, f"cannot write {folder / 'input.jpg'}: read-only file system")
     assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
 
@@ -330,7 +304,7 @@ def test_a_read_only_folder_is_one_line(mnist_dir, tmp_path, monkeypatch):
 def test_binarized_run_saves_its_flags_and_resume_keeps_them(mnist_dir, tmp_path, capsys):
     folder = tmp_path / "binary"
     done = run("--binarize", "True", "--keep_prob", "1.0", "--num_epochs", "1", "--iw_samples", "3", *FAST,
-               "--data_dir", mnist_dir, "--results_path", folder)
+               "--results_path", folder)
     assert done.status == 0, done.stderr
     checkpoint = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert checkpoint["args"]["binarize"] is True and checkpoint["model_args"]["keep_prob"] == 1.0
@@ -353,12 +327,12 @@ def test_bf16_run_trains_in_bf16_and_evaluates_in_fp32(mnist_dir, tmp_path, monk
             finally:
                 hook.remove()
         return spy
-    monkeypatch.setattr(vae, "train_epoch", spying("train", vae.train_epoch))
-    monkeypatch.setattr(vae, "evaluate", spying("evaluate", vae.evaluate))
+    monkeypatch.setattr(training, "train_epoch", spying("train", training.train_epoch))
+    monkeypatch.setattr(training, "evaluate", spying("evaluate", training.evaluate))
     monkeypatch.setattr(vae, "iw_log_likelihood", spying("iw", vae.iw_log_likelihood))
     folder = tmp_path / "bf16"
     done = run("--precision", "bf16", "--num_epochs", "2", "--PRR", "False", "--iw_samples", "3", *FAST,
-               "--data_dir", mnist_dir, "--results_path", folder)
+               "--results_path", folder)
     assert done.status == 0, done.stderr
     assert products == {"train": {torch.bfloat16}, "evaluate": {torch.float32}, "iw": {torch.float32}}
     checkpoint = torch.load(folder / "checkpoint.pt", weights_only=True)
@@ -378,11 +352,10 @@ def test_signals_stop_between_batches_and_keep_the_checkpoint(mnist_dir, tmp_pat
         if run_.epoch == 2:
             os.kill(os.getpid(), signum)  # heard at epoch 2's first batch
     monkeypatch.setattr(run_main, "save_epoch", save_then_signal)
-    done = run("--dim_z", "2", "--num_epochs", "1000", "--PRR", "False", *FAST, "--data_dir", mnist_dir,
-               "--results_path", results)
+    done = run("--dim_z", "2", "--num_epochs", "1000", "--PRR", "False", *FAST, "--results_path", results)
     one_line_error(done, status, "interrupted in epoch 2; the checkpoint of the 2 finished epochs is")
     assert epochs_printed(done.stdout) == [0, 1]
-    assert (f"continue with: {safety.python_command()} run_main.py --dim_z 2 --num_epochs 1000" in done.stderr
+    assert (f"continue with: {signals.python_command()} run_main.py --dim_z 2 --num_epochs 1000" in done.stderr
             and f"--resume {results / 'checkpoint.pt'}" in done.stderr)
     assert saved_epoch(results) == 2 == len(metrics(results))
 
@@ -393,8 +366,8 @@ def test_a_real_process_survives_a_full_standard_output_and_stops_on_a_signal_wi
     results = tmp_path / "results"
     script = os.path.join(ROOT, "run_main.py")
     with open("/dev/full", "w") as full:
-        child = subprocess.Popen([sys.executable, script, "--dim_z", "2", "--num_epochs", "1000", "--PRR", "False",
-                                  *FAST, "--data_dir", mnist_dir, "--results_path", results],
+        child = subprocess.Popen([sys.executable, script, *with_data(["--dim_z", "2", "--num_epochs", "1000", "--PRR",
+                                                                     "False", *FAST, "--results_path", results])],
                                  cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -411,7 +384,7 @@ def test_a_real_process_survives_a_full_standard_output_and_stops_on_a_signal_wi
     finished = saved_epoch(results)
     assert finished >= 1 and finished == len(metrics(results))
     assert error.startswith(f"run_main.py: error: interrupted in epoch {finished}; ")
-    assert f"continue with: {shlex.join([safety.python_command(), script])} " in error
+    assert f"continue with: {shlex.join([signals.python_command(), script])} " in error
 
 
 def test_progress_bars_only_on_a_terminal(mnist_dir, tmp_path, monkeypatch):
@@ -456,8 +429,7 @@ BEFORE_OPTIONS_LOG_PX = -529.9668676757813
 
 
 def test_a_default_run_gives_the_numbers_it_gave_before_the_training_options(mnist_dir, tmp_path):
-    done = run("--num_epochs", "3", "--PRR", "False", "--iw_samples", "5", *FAST, "--data_dir", mnist_dir,
-               "--results_path", tmp_path)
+    done = run("--num_epochs", "3", "--PRR", "False", "--iw_samples", "5", *FAST, "--results_path", tmp_path)
     assert done.status == 0, done.stderr
     figures = [[float(row[k]) for k in METRICS[1:-1]] for row in metrics(tmp_path)]
     assert figures == [pytest.approx(row, rel=1e-5) for row in BEFORE_OPTIONS]
@@ -474,7 +446,7 @@ def weights(folder):
 
 
 def test_a_run_with_the_options_stopped_and_resumed_equals_an_uninterrupted_one(mnist_dir, tmp_path, monkeypatch):
-    straight = run(*OPTIONS, "--num_epochs", "4", "--data_dir", mnist_dir, "--results_path", tmp_path / "straight")
+    straight = run(*OPTIONS, "--num_epochs", "4", "--results_path", tmp_path / "straight")
     assert straight.status == 0, straight.stderr
     line = r"^epoch 0: -L_3 [\d.]+ L_likelihood [\d.]+ L_divergence [\d.]+ \| test L_tot .* \| lr 3\.00e-03 \|"
     assert re.search(line, straight.stdout, re.M), straight.stdout
@@ -485,11 +457,11 @@ def test_a_run_with_the_options_stopped_and_resumed_equals_an_uninterrupted_one(
         if run_.epoch == 2:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after epoch 1 is saved: heard at epoch 2's first batch
     monkeypatch.setattr(run_main, "save_epoch", save_then_interrupt)
-    stopped = run(*OPTIONS, "--num_epochs", "4", "--data_dir", mnist_dir, "--results_path", tmp_path / "resumed")
+    stopped = run(*OPTIONS, "--num_epochs", "4", "--results_path", tmp_path / "resumed")
     one_line_error(stopped, 130, "interrupted in epoch 2")
     monkeypatch.setattr(run_main, "save_epoch", real_save)
-    resumed = run("--num_epochs", "4", *FAST, "--PRR", "False", "--data_dir", mnist_dir,
-                  "--resume", tmp_path / "resumed" / "checkpoint.pt")  # the options come from the checkpoint
+    # the options come from the checkpoint
+    resumed = run("--num_epochs", "4", *FAST, "--PRR", "False", "--resume", tmp_path / "resumed" / "checkpoint.pt")
     assert resumed.status == 0, resumed.stderr
     assert "is now" not in resumed.stdout
     assert without_seconds(metrics(tmp_path / "resumed")) == without_seconds(metrics(tmp_path / "straight"))
@@ -499,13 +471,13 @@ def test_a_run_with_the_options_stopped_and_resumed_equals_an_uninterrupted_one(
 
 def test_the_rate_and_the_warmup_weights_reach_each_epoch(mnist_dir, tmp_path, monkeypatch):
     seen = []
-    real_epoch = vae.train_epoch
+    real_epoch = training.train_epoch
 
     def spy(model, optimizer, batches, precision, k, kl_weight, **kwargs):
         seen.append((optimizer.param_groups[0]["lr"], k, list(kl_weight)))
         return real_epoch(model, optimizer, batches, precision, k, kl_weight, **kwargs)
-    monkeypatch.setattr(vae, "train_epoch", spy)
-    done = run(*OPTIONS, "--num_epochs", "3", "--data_dir", mnist_dir, "--results_path", tmp_path)
+    monkeypatch.setattr(training, "train_epoch", spy)
+    done = run(*OPTIONS, "--num_epochs", "3", "--results_path", tmp_path)
     assert done.status == 0, done.stderr
     assert [lr for lr, _, _ in seen] == pytest.approx([3e-3, (3e-3 + 1e-4) / 2, 1e-4])
     assert {k for _, k, _ in seen} == {3}
@@ -513,16 +485,14 @@ def test_the_rate_and_the_warmup_weights_reach_each_epoch(mnist_dir, tmp_path, m
 
 
 def test_a_resumed_run_keeps_the_checkpoints_training_flags(mnist_dir, tmp_path):
-    done = run(*OPTIONS, "--precision", "bf16", "--batch_size", "32", "--num_epochs", "1", "--data_dir", mnist_dir,
-               "--results_path", tmp_path)
+    done = run(*OPTIONS, "--precision", "bf16", "--batch_size", "32", "--num_epochs", "1", "--results_path", tmp_path)
     assert done.status == 0, done.stderr
     checkpoint = str(tmp_path / "checkpoint.pt")
     args = cli.parse_args(["--resume", checkpoint, "--num_epochs", "2"]).settings
     assert (args.learn_rate, args.batch_size, args.precision, args.lr_schedule, args.lr_min, args.kl_warmup,
             args.iw_train, args.output_bias, args.iw_gradient) == (3e-3, 32, "bf16", "cosine", 1e-4, 2, 3, "mean",
                                                                    "dreg")
-    again = run("--num_epochs", "3", "--iw_train", "2", "--kl_warmup", "2", "--PRR", "False", "--data_dir", mnist_dir,
-                "--resume", checkpoint)
+    again = run("--num_epochs", "3", "--iw_train", "2", "--kl_warmup", "2", "--PRR", "False", "--resume", checkpoint)
     assert again.status == 0, again.stderr
     assert "--iw_train is now 2 (the checkpoint's run used 3)" in again.stdout
     assert "--kl_warmup" not in again.stdout  # given, but the same
@@ -534,7 +504,7 @@ def test_a_resumed_run_keeps_the_checkpoints_training_flags(mnist_dir, tmp_path)
 
 def test_resuming_a_backup_branches_and_keeps_the_folders_newer_run(mnist_dir, tmp_path):
     folder = tmp_path / "R"
-    base = ["--PRR", "True", *FAST, "--data_dir", mnist_dir]
+    base = ["--PRR", "True", *FAST]
     assert run(*base, "--num_epochs", "2", "--results_path", folder).status == 0
     shutil.copy(folder / "checkpoint.pt", folder / "epoch2_backup.pt")
     assert run(*base, "--num_epochs", "4", "--resume", folder / "checkpoint.pt").status == 0
@@ -551,7 +521,7 @@ def test_resuming_a_backup_branches_and_keeps_the_folders_newer_run(mnist_dir, t
 
 
 def test_resuming_a_link_to_another_folders_checkpoint_branches(mnist_dir, tmp_path, monkeypatch):
-    base = ["--PRR", "False", *FAST, "--data_dir", mnist_dir]
+    base = ["--PRR", "False", *FAST]
     a, b = tmp_path / "A", tmp_path / "B"
     assert run(*base, "--num_epochs", "2", "--results_path", a).status == 0
     assert run(*base, "--num_epochs", "1", "--dim_z", "3", "--results_path", b).status == 0
@@ -568,70 +538,42 @@ def test_resuming_a_link_to_another_folders_checkpoint_branches(mnist_dir, tmp_p
     assert saved_epoch(b) == 4
 
 
-@pytest.fixture(scope="module")
-def small_run(mnist_dir, tmp_path_factory):
-    """One epoch of the default model shape (FAST), its folder and checkpoint."""
-    folder = tmp_path_factory.mktemp("small") / "R"
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
-    assert done.status == 0, done.stderr
-    return folder
-
-
-def tampered(small_run, tmp_path, change):
-    """A copy of small_run's checkpoint, changed by change(checkpoint), in its own folder."""
-    checkpoint = torch.load(small_run / "checkpoint.pt", weights_only=True)
-    change(checkpoint)
-    path = tmp_path / "X" / "checkpoint.pt"
-    path.parent.mkdir(exist_ok=True)
-    torch.save(checkpoint, path)
-    return path
-
-
 def one_element_moments(checkpoint):
     for v in checkpoint["optimizer"]["state"].values():
         v["exp_avg"], v["exp_avg_sq"] = torch.zeros(1), torch.zeros(1)
 
 
 def test_a_crafted_optimizer_state_is_a_usage_error_not_a_crash(small_run, mnist_dir, tmp_path):
-    path = tampered(small_run, tmp_path, one_element_moments)
-    done = run("--num_epochs", "3", "--data_dir", mnist_dir, "--resume", path)
+    path = edited(small_run / "checkpoint.pt", one_element_moments, tmp_path / "X" / "checkpoint.pt")
+    done = run("--num_epochs", "3", "--resume", path)
     one_line_error(done, 2, "optimizer state does not fit its model")
 
 
-def set_in(*keys, value):
-    def change(checkpoint):
-        target = checkpoint
-        for k in keys[:-1]:
-            target = target[k]
-        target[keys[-1]] = value
-    return change
-
-
 TAMPERED = {
-    "keep_prob '0.5'": (set_in("model_args", "keep_prob", value="0.5"), "invalid model arguments"),
-    "keep_prob None": (set_in("model_args", "keep_prob", value=None), "invalid model arguments"),
-    "keep_prob list": (set_in("model_args", "keep_prob", value=[0.5]), "invalid model arguments"),
-    "rng short": (set_in("rng", "cpu", value=torch.zeros(10, dtype=torch.uint8)), "damaged checkpoint"),
+    "keep_prob '0.5'": (set_field("model_args", "keep_prob", value="0.5"), "invalid model arguments"),
+    "keep_prob None": (set_field("model_args", "keep_prob", value=None), "invalid model arguments"),
+    "keep_prob list": (set_field("model_args", "keep_prob", value=[0.5]), "invalid model arguments"),
+    "rng short": (set_field("rng", "cpu", value=torch.zeros(10, dtype=torch.uint8)), "damaged checkpoint"),
     "rng float": (lambda c: c["rng"].update(cpu=c["rng"]["cpu"].float()), "damaged checkpoint"),
-    "history strings": (set_in("history", value=["epoch 0"]), "bad history"),
+    "history strings": (set_field("history", value=["epoch 0"]), "bad history"),
     "history missing key": (lambda c: c["history"][0].pop("test_loss"), "bad history"),
-    "learn_rate text": (set_in("args", "learn_rate", value="fast"), "bad args learn_rate"),
-    "precision unknown": (set_in("args", "precision", value="fp8"), "bad args precision: must be one of fp32, bf16"),
-    "batch_size float": (set_in("args", "batch_size", value=64.0), "bad args batch_size"),
+    "learn_rate text": (set_field("args", "learn_rate", value="fast"), "bad args learn_rate"),
+    "precision unknown": (set_field("args", "precision", value="fp8"), "bad args precision: must be one of fp32, bf16"),
+    "batch_size float": (set_field("args", "batch_size", value=64.0), "bad args batch_size"),
 }
 
 
 @pytest.mark.parametrize("damage", list(TAMPERED))
 def test_tampered_loadable_checkpoints_are_usage_errors_at_load(small_run, tmp_path, capsys, damage):
     change, needle = TAMPERED[damage]
-    path = tampered(small_run, tmp_path, change)
+    path = edited(small_run / "checkpoint.pt", change, tmp_path / "X" / "checkpoint.pt")
     err = usage_error(capsys, ["--resume", str(path), "--num_epochs", "2"])
     assert needle in err and err.count("\n") == 1, err
 
 
 def test_a_non_finite_test_loss_stops_the_run_and_saves_nothing_diverged(mnist_dir, tmp_path):
     done = run("--batch_size", "256", "--n_hidden", "64", "--num_epochs", "2", "--learn_rate", "1e30",
-               "--iw_samples", "2", "--data_dir", mnist_dir, "--results_path", tmp_path)
+               "--iw_samples", "2", "--results_path", tmp_path)
     one_line_error(done, 1, "non-finite")
     assert "no epoch finished" in done.stderr
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "evaluation.json").exists()
@@ -642,11 +584,11 @@ def test_a_usage_error_found_with_the_data_leaves_the_folder_as_it_was(small_run
     folder = tmp_path / "R"
     shutil.copytree(small_run, folder)
     before = sorted(os.listdir(folder))
-    done = run("--num_epochs", "3", "--batch_size", "60000", "--data_dir", mnist_dir, "--results_path", folder)
+    done = run("--num_epochs", "3", "--batch_size", "60000", "--results_path", folder)
     one_line_error(done, 2, "--batch_size 60000 is larger than")
     assert sorted(os.listdir(folder)) == before
-    crafted = tampered(small_run, tmp_path, one_element_moments)
-    done = run("--num_epochs", "3", "--data_dir", mnist_dir, "--resume", crafted, "--results_path", folder)
+    crafted = edited(small_run / "checkpoint.pt", one_element_moments, tmp_path / "X" / "checkpoint.pt")
+    done = run("--num_epochs", "3", "--resume", crafted, "--results_path", folder)
     one_line_error(done, 2, "optimizer state")
     assert sorted(os.listdir(folder)) == before
 
@@ -663,7 +605,7 @@ def test_moving_an_earlier_run_is_all_or_nothing(small_run, mnist_dir, tmp_path,
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         return real_replace(src, dst)
     monkeypatch.setattr(os, "replace", failing_third)
-    done = run("--num_epochs", "1", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    done = run("--num_epochs", "1", *FAST, "--results_path", folder)
     one_line_error(done, 1, "cannot tidy --results_path")
     assert sorted(os.listdir(folder)) == before  # all back in place, no half-filled previous_run_1
     calls.clear()
@@ -674,9 +616,9 @@ def test_moving_an_earlier_run_is_all_or_nothing(small_run, mnist_dir, tmp_path,
         calls.append(src)
         return real_replace(src, dst)
     monkeypatch.setattr(os, "replace", interrupting)
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
     one_line_error(done, 130, "interrupted")
-    assert sorted(os.listdir(folder / "previous_run_1")) == [n for n in before if safety.is_output(n)]
+    assert sorted(os.listdir(folder / "previous_run_1")) == [n for n in before if results_folder.is_output(n)]
 
 
 def test_only_the_runs_own_names_are_moved_aside(small_run, mnist_dir, tmp_path):
@@ -684,27 +626,26 @@ def test_only_the_runs_own_names_are_moved_aside(small_run, mnist_dir, tmp_path)
     shutil.copytree(small_run, folder)
     for mine in ("input_vacation.jpg", "PRR_epoch_best.jpg", "metrics.csv.bak", "checkpoint.pt.old"):
         (folder / mine).write_text("mine")
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
     assert done.status == 0, done.stderr
     for mine in ("input_vacation.jpg", "PRR_epoch_best.jpg", "metrics.csv.bak", "checkpoint.pt.old"):
         assert (folder / mine).read_text() == "mine"
-    assert safety.is_output("PRR_epoch_07.jpg") and safety.is_output("PMLR_map_epoch_123.jpg")
-    assert not safety.is_output("input_vacation.jpg") and not safety.is_output("PRR_epoch_7.jpg")
+    assert results_folder.is_output("PRR_epoch_07.jpg") and results_folder.is_output("PMLR_map_epoch_123.jpg")
+    assert not results_folder.is_output("input_vacation.jpg") and not results_folder.is_output("PRR_epoch_7.jpg")
 
 
 def test_a_lock_file_that_is_a_link_is_not_followed(mnist_dir, tmp_path):
     folder = tmp_path / "R"
     folder.mkdir()
-    os.symlink(tmp_path / "elsewhere", folder / safety.LOCK_NAME)
-    done = run("--num_epochs", "1", *FAST, "--data_dir", mnist_dir, "--results_path", folder)
-    one_line_error(done, 1, f"{safety.LOCK_NAME} in it is a symbolic link")
+    os.symlink(tmp_path / "elsewhere", folder / results_folder.LOCK_NAME)
+    done = run("--num_epochs", "1", *FAST, "--results_path", folder)
+    one_line_error(done, 1, f"{results_folder.LOCK_NAME} in it is a symbolic link")
     assert not (tmp_path / "elsewhere").exists()
 
 
 def test_an_evaluation_announces_its_time_and_stops_on_a_signal(small_run, mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(run_main, "LONG_EVALUATION_S", 0)
-    done = run("--num_epochs", "1", "--PRR", "False", "--iw_samples", "3", *FAST, "--data_dir", mnist_dir,
-               "--results_path", tmp_path)
+    done = run("--num_epochs", "1", "--PRR", "False", "--iw_samples", "3", *FAST, "--results_path", tmp_path)
     assert re.search(r"^test log p\(x\) with K=3 on 200 images: about \d+ s$", done.stdout, re.M), done.stdout
     real = vae.iw_log_likelihood
 
@@ -712,14 +653,14 @@ def test_an_evaluation_announces_its_time_and_stops_on_a_signal(small_run, mnist
         os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, on_chunk=on_chunk, **kwargs)
     monkeypatch.setattr(vae, "iw_log_likelihood", signalled)
-    done = run("--num_epochs", "1", "--PRR", "False", "--iw_samples", "1000000000", *FAST, "--data_dir", mnist_dir,
-               "--resume", small_run / "checkpoint.pt", "--results_path", tmp_path / "eval")
+    done = run("--num_epochs", "1", "--PRR", "False", "--iw_samples", "1000000000", *FAST, "--resume",
+               small_run / "checkpoint.pt", "--results_path", tmp_path / "eval")
     one_line_error(done, 143, "interrupted in the final evaluation")
 
 
 def test_ctrl_c_while_starting_is_one_line(mnist_dir, tmp_path):
     child = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_main.py"), "--num_epochs", "1", *FAST,
-                              "--data_dir", mnist_dir, "--results_path", tmp_path / "R"],
+                              "--results_path", tmp_path / "R"],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)  # torch is still importing: it takes seconds on a 2-core CPU
     child.send_signal(signal.SIGINT)
@@ -733,8 +674,8 @@ def test_a_checkpoint_with_the_older_column_names_resumes(small_run, mnist_dir, 
     def older(checkpoint):
         for row in checkpoint["history"]:
             row["train_likelihood"], row["test_likelihood"] = row.pop("train_nll"), row.pop("test_nll")
-    path = tampered(small_run, tmp_path, older)
-    done = run("--num_epochs", "2", "--PRR", "False", "--data_dir", mnist_dir, "--resume", path)
+    path = edited(small_run / "checkpoint.pt", older, tmp_path / "X" / "checkpoint.pt")
+    done = run("--num_epochs", "2", "--PRR", "False", "--resume", path)
     assert done.status == 0, done.stderr
     rows = metrics(path.parent)
     assert list(rows[0]) == list(METRICS) and all(row["test_nll"] for row in rows) and len(rows) == 2
@@ -748,7 +689,7 @@ def test_a_resume_refuses_a_checkpoint_another_run_wrote_after_it_was_read(small
     write over A's epoch."""
     folder = tmp_path / "F"
     shutil.copytree(small_run, folder)
-    newer = run("--num_epochs", "2", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path",
+    newer = run("--num_epochs", "2", "--PRR", "False", *FAST, "--results_path",
                 tmp_path / "A")
     assert newer.status == 0, newer.stderr
     real_build = run_main.build_run
@@ -758,8 +699,8 @@ def test_a_resume_refuses_a_checkpoint_another_run_wrote_after_it_was_read(small
         shutil.copy(tmp_path / "A" / "checkpoint.pt", folder / "checkpoint.pt")  # A's epoch 2, as A writes it
         return built
     monkeypatch.setattr(run_main, "build_run", then_another_run_writes)
-    done = run("--num_epochs", "4", "--learn_rate", "3e-4", *FAST, "--PRR", "False", "--data_dir", mnist_dir,
-               "--resume", folder / "checkpoint.pt")
+    done = run("--num_epochs", "4", "--learn_rate", "3e-4", *FAST, "--PRR", "False", "--resume",
+               folder / "checkpoint.pt")
     one_line_error(done, 1, "was written by another run after this one read it; run the command again")
     assert (folder / "checkpoint.pt").read_bytes() == (tmp_path / "A" / "checkpoint.pt").read_bytes()
     assert not any(name.startswith("previous_run") for name in os.listdir(folder))
@@ -767,15 +708,13 @@ def test_a_resume_refuses_a_checkpoint_another_run_wrote_after_it_was_read(small
 
 
 def test_a_signal_while_a_resume_only_draws_is_heard(small_run, mnist_dir, tmp_path, monkeypatch):
-    import plot_utils
     real_grid = plot_utils.save_grid
 
     def signalled(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
         return real_grid(*args, **kwargs)
     monkeypatch.setattr(plot_utils, "save_grid", signalled)
-    done = run("--num_epochs", "1", "--PRS", "True", "--PRR", "False", *FAST, "--data_dir", mnist_dir,
-               "--results_path", tmp_path,
+    done = run("--num_epochs", "1", "--PRS", "True", "--PRR", "False", *FAST, "--results_path", tmp_path,
                "--resume", small_run / "checkpoint.pt")
     one_line_error(done, 130, f"interrupted while drawing the pictures; {small_run / 'checkpoint.pt'} holds all 1")
 
@@ -803,11 +742,11 @@ def test_out_of_memory_is_one_line_naming_its_cause(small_run, mnist_dir, tmp_pa
 
     def no_memory(*args, **kwargs):
         raise ALLOCATOR
-    monkeypatch.setattr(vae, "train_epoch", no_memory)
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", tmp_path / "a")
+    monkeypatch.setattr(training, "train_epoch", no_memory)
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", tmp_path / "a")
     one_line_error(done, 1, "out of memory while training (try a smaller --n_hidden, --batch_size or --iw_train)")
     monkeypatch.setattr(mnist_data, "load_mnist", no_memory)
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--data_dir", mnist_dir, "--results_path", tmp_path / "b")
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", tmp_path / "b")
     one_line_error(done, 1, f"out of memory loading MNIST from {mnist_dir}")
     assert not (tmp_path / "b").exists()
 
@@ -816,29 +755,31 @@ def test_resume_messages_say_what_is_true(small_run, mnist_dir, tmp_path, capsys
     def older_and_cosine(checkpoint):  # a run planned over 5 epochs, from before the training options
         for name in ("lr_schedule", "iw_train", "kl_warmup", "lr_min", "iw_gradient"):
             checkpoint["args"].pop(name)
-    path = tampered(small_run, tmp_path, older_and_cosine)
+    path = edited(small_run / "checkpoint.pt", older_and_cosine, tmp_path / "X" / "checkpoint.pt")
     done = run("--num_epochs", "2", "--lr_schedule", "cosine", "--iw_train", "2", "--kl_warmup", "1", *FAST,
-               "--PRR", "False", "--data_dir", mnist_dir, "--resume", path)
+               "--PRR", "False", "--resume", path)
     assert done.status == 0, done.stderr
     for line in ("--lr_schedule is now cosine (the checkpoint's run used constant)",
                  "--iw_train is now 2 (the checkpoint's run used 1)",
                  "--kl_warmup is now 1 (the checkpoint's run used 0)"):
         assert line in done.stdout, done.stdout
-    planned = tampered(small_run, tmp_path, lambda c: c["args"].update(lr_schedule="cosine", num_epochs=5))
-    done = run("--num_epochs", "1", *FAST, "--PRR", "False", "--data_dir", mnist_dir, "--resume", planned)
+    planned = edited(small_run / "checkpoint.pt", lambda c: c["args"].update(lr_schedule="cosine", num_epochs=5),
+                     tmp_path / "X" / "checkpoint.pt")
+    done = run("--num_epochs", "1", *FAST, "--PRR", "False", "--resume", planned)
     assert done.status == 0 and "cosine schedule" not in done.stdout, done.stdout  # nothing left to train
-    err = usage_error(capsys, ["--resume", str(tampered(small_run, tmp_path, lambda c: c["args"].update(
-        output_bias="mean"))), "--output_bias", "zero"])
+    mean_bias = edited(small_run / "checkpoint.pt", lambda c: c["args"].update(output_bias="mean"),
+                       tmp_path / "X" / "checkpoint.pt")
+    err = usage_error(capsys, ["--resume", str(mean_bias), "--output_bias", "zero"])
     assert "--output_bias zero differs from the checkpoint's mean; leave it out or give mean (it would change the " \
            "model's start)" in err
 
 
 def test_a_second_signal_after_the_message_adds_no_line(capsys):
-    with safety.SIGNALS.caught():
+    with signals.SIGNALS.caught():
         with pytest.raises(SystemExit) as first:
-            safety.fail("interrupted in epoch 3; the checkpoint ...", 130)
+            report.fail("interrupted in epoch 3; the checkpoint ...", 130)
         with pytest.raises(SystemExit) as second:
-            safety.fail("interrupted", 130)
+            report.fail("interrupted", 130)
     assert first.value.code == second.value.code == 130
     assert capsys.readouterr().err.count("\n") == 1
 
@@ -848,7 +789,7 @@ def test_on_a_device_a_run_repeats_and_a_stopped_run_resumes_exactly(mnist_dir, 
     """The same seed on the same device gives the same run; stopped after epoch 1 and resumed, the same run
     again, to the bit: with binarized data, noise, IWAE training and DReG, PRS and the likelihood bound."""
     options = ["--binarize", "True", "--add_noise", "True", "--iw_train", "2", "--iw_gradient", "dreg", "--PRS", "True",
-               "--iw_samples", "10", "--device", device, *FAST, "--num_epochs", "3", "--data_dir", mnist_dir]
+               "--iw_samples", "10", "--device", device, *FAST, "--num_epochs", "3"]
     first, second = (run(*options, "--results_path", tmp_path / name) for name in ("first", "second"))
     assert first.status == second.status == 0, (first.stderr, second.stderr)
     assert without_seconds(metrics(tmp_path / "first")) == without_seconds(metrics(tmp_path / "second"))
@@ -863,7 +804,7 @@ def test_on_a_device_a_run_repeats_and_a_stopped_run_resumes_exactly(mnist_dir, 
     one_line_error(stopped, 130, "interrupted in epoch 1")
     monkeypatch.setattr(run_main, "save_epoch", real_save)
     resumed = run("--num_epochs", "3", "--iw_samples", "10", "--PRS", "True", "--device", device, *FAST,
-                  "--data_dir", mnist_dir, "--resume", tmp_path / "stopped" / "checkpoint.pt")
+                  "--resume", tmp_path / "stopped" / "checkpoint.pt")
     assert resumed.status == 0, resumed.stderr
     assert without_seconds(metrics(tmp_path / "stopped")) == without_seconds(metrics(tmp_path / "first"))
     a, b = weights(tmp_path / "first"), weights(tmp_path / "stopped")

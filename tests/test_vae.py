@@ -11,17 +11,14 @@ import pytest
 import torch
 from torch import nn
 
+import training
 import vae
-from conftest import DEVICES, N_TEST, ROOT, checkpoint_file, synthetic_digits, write_mnist
-
-
-def images(n, seed=0):
-    x, _ = synthetic_digits(n, seed)
-    return torch.from_numpy(x).reshape(n, 784).float() / 255
+from config import VAEConfig
+from conftest import DEVICES, N_TEST, ROOT, checkpoint_file, images, write_mnist
 
 
 def test_layers_are_the_originals():
-    model = vae.VAE(dim_z=3, n_hidden=17)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=17))
     kinds = lambda seq: [type(m) for m in seq]  # noqa: E731
     assert kinds(model.encoder.net) == [nn.Linear, nn.ELU, vae.Dropout, nn.Linear, nn.Tanh, vae.Dropout, nn.Linear]
     assert kinds(model.decoder.net) == [nn.Linear, nn.Tanh, vae.Dropout, nn.Linear, nn.ELU, vae.Dropout, nn.Linear]
@@ -49,7 +46,7 @@ def test_dropout_keeps_nine_in_ten_scaled_by_one_over_keep_prob():
 
 def test_shapes_and_positive_sigma():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=5, n_hidden=32)
+    model = vae.VAE(VAEConfig(dim_z=5, n_hidden=32))
     x = images(7)
     mu, sigma = model.encoder(x)
     assert mu.shape == sigma.shape == (7, 5)
@@ -93,7 +90,7 @@ def clipped_sigmoid_log_likelihood(logits, x):
 
 def test_logits_likelihood_agrees_with_clipped_sigmoid():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=20, n_hidden=500).eval()
+    model = vae.VAE(VAEConfig(dim_z=20, n_hidden=500)).eval()
     x = images(64)
     with torch.no_grad():
         logits = model(x)[0]
@@ -105,7 +102,7 @@ def test_logits_likelihood_agrees_with_clipped_sigmoid():
 
 def test_dropout_only_in_training():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=4, n_hidden=64)
+    model = vae.VAE(VAEConfig(dim_z=4, n_hidden=64))
     x = images(16)
     model.train()
     assert not torch.equal(model.encoder(x)[0], model.encoder(x)[0])
@@ -116,63 +113,63 @@ def test_dropout_only_in_training():
 
 def test_keep_prob_one_means_a_deterministic_training_pass_given_z():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=4, n_hidden=64, keep_prob=1.0).train()
+    model = vae.VAE(VAEConfig(dim_z=4, n_hidden=64, keep_prob=1.0)).train()
     x, z = images(16), torch.randn(16, 4)
     assert torch.equal(model.encoder(x)[0], model.encoder(x)[0])
     assert torch.equal(model.decoder(z), model.decoder(z))
-    half = vae.VAE(dim_z=4, n_hidden=64, keep_prob=0.5).train()
+    half = vae.VAE(VAEConfig(dim_z=4, n_hidden=64, keep_prob=0.5)).train()
     kept = (half.encoder.net[2](torch.ones(1000, 100)) != 0).float().mean().item()
     assert abs(kept - 0.5) < 0.01
 
 
 def test_loss_falls_on_a_fixed_batch():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=2, n_hidden=64)
-    optimizer = vae.adam(model, 1e-3)
+    model = vae.VAE(VAEConfig(dim_z=2, n_hidden=64))
+    optimizer = training.adam(model, 1e-3)
     x = images(64)
-    first = vae.train_epoch(model, optimizer, [(x, x)]).loss
-    last = vae.train_epoch(model, optimizer, [(x, x)] * 50).loss
+    first = training.train_epoch(model, optimizer, [(x, x, None)]).loss
+    last = training.train_epoch(model, optimizer, [(x, x, None)] * 50).loss
     assert last < first - 50, (first, last)
 
 
 def test_train_epoch_averages_and_stops_when_asked():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=2, n_hidden=16)
-    optimizer = vae.adam(model, 1e-3)
+    model = vae.VAE(VAEConfig(dim_z=2, n_hidden=16))
+    optimizer = training.adam(model, 1e-3)
     x = images(8)
     steps = []
-    mean = vae.train_epoch(model, optimizer, [(x, x)] * 3, on_step=steps.append)
-    assert len(steps) == 3 and isinstance(mean, vae.Metrics)
+    mean = training.train_epoch(model, optimizer, [(x, x, None)] * 3, on_step=steps.append)
+    assert len(steps) == 3 and isinstance(mean, training.Metrics)
     assert mean.loss == pytest.approx(torch.stack(steps).mean().item(), rel=1e-6)
     assert mean.loss == pytest.approx(mean.nll + mean.divergence, rel=1e-5)
     calls = []
     stop = lambda: calls.append(1) or len(calls) > 2  # noqa: E731
-    assert vae.train_epoch(model, optimizer, [(x, x)] * 3, should_stop=stop) is None
+    assert training.train_epoch(model, optimizer, [(x, x, None)] * 3, should_stop=stop) is None
     assert len(calls) == 3  # asked before each batch; stopped before the third
 
 
 def test_cosine_rate_follows_the_formula():
-    rate = lambda epoch, schedule="cosine": vae.learning_rate(epoch, 11, 1e-3, 1e-5, schedule)  # noqa: E731
+    rate = lambda epoch, schedule="cosine": training.learning_rate(epoch, 11, 1e-3, 1e-5, schedule)  # noqa: E731
     assert rate(0) == 1e-3 and rate(10) == pytest.approx(1e-5, abs=1e-18)
     assert rate(5) == pytest.approx((1e-3 + 1e-5) / 2)
     for epoch in (1, 3, 7, 9):
         assert rate(epoch) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5) * (1 + math.cos(math.pi * epoch / 10)))
     assert all(rate(e) > rate(e + 1) for e in range(10))
     assert {rate(e, "constant") for e in range(11)} == {1e-3}
-    assert vae.learning_rate(0, 1, 1e-3, 1e-5, "cosine") == 1e-3  # a one-epoch run trains at --learn_rate
+    assert training.learning_rate(0, 1, 1e-3, 1e-5, "cosine") == 1e-3  # a one-epoch run trains at --learn_rate
 
 
 def test_kl_warmup_weights_per_step():
-    assert vae.kl_weights(0, 4, 2) == [0.0, 0.125, 0.25, 0.375]
-    assert vae.kl_weights(1, 4, 2) == [0.5, 0.625, 0.75, 0.875]
-    assert vae.kl_weights(2, 4, 2) == [1.0] * 4
-    assert vae.kl_weights(0, 3, 0) == [1.0] * 3
-    assert vae.kl_weights(3, 2, 10) == [0.3, 0.35]
+    assert training.kl_weights(0, 4, 2) == [0.0, 0.125, 0.25, 0.375]
+    assert training.kl_weights(1, 4, 2) == [0.5, 0.625, 0.75, 0.875]
+    assert training.kl_weights(2, 4, 2) == [1.0] * 4
+    assert training.kl_weights(0, 3, 0) == [1.0] * 3
+    assert training.kl_weights(3, 2, 10) == [0.3, 0.35]
 
 
 def test_warmup_trains_on_the_weighted_kl_and_reports_the_weight_one_elbo():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=3, n_hidden=32, keep_prob=1.0)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=32, keep_prob=1.0))
     x = images(16)
     torch.manual_seed(5)
     objective, loss, nll, kl = model.loss(x, x, kl_weight=0.25)
@@ -181,7 +178,7 @@ def test_warmup_trains_on_the_weighted_kl_and_reports_the_weight_one_elbo():
     # what train_epoch reports during warm-up is the weight-1 -ELBO of the step's sample
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     torch.manual_seed(5)
-    reported = vae.train_epoch(model, optimizer, [(x, x)], kl_weight=[0.25])
+    reported = training.train_epoch(model, optimizer, [(x, x, None)], kl_weight=[0.25])
     assert reported.loss == pytest.approx(loss.item(), rel=1e-6) and reported.divergence == pytest.approx(kl.item())
     # and the step's gradient is that of nll + 0.25 KL: at weight 0 the encoder's sigma head sees no KL
     torch.manual_seed(5)
@@ -197,7 +194,7 @@ def test_warmup_trains_on_the_weighted_kl_and_reports_the_weight_one_elbo():
 
 def test_iw_train_1_is_exactly_the_vae_loss():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=3, n_hidden=32)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=32))
     x = images(16)
     torch.manual_seed(7)
     objective, loss, nll, kl = model.loss(x, x, k=1)
@@ -209,7 +206,7 @@ def test_iw_train_1_is_exactly_the_vae_loss():
 
 def test_iwae_bound_is_at_least_the_elbo():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=3, n_hidden=32, keep_prob=1.0)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=32, keep_prob=1.0))
     x = images(32)
     with torch.no_grad():
         mu, sigma = model.encoder(x)
@@ -243,7 +240,7 @@ def close(a, b):
 
 def test_iwae_gradient_matches_an_independent_computation():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=3, n_hidden=32, keep_prob=1.0)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=32, keep_prob=1.0))
     x = torch.bernoulli(images(16), generator=torch.Generator().manual_seed(0))  # Bernoulli's support
     torch.manual_seed(3)
     eps = torch.randn(4, 16, 3)
@@ -302,7 +299,7 @@ def independent_dreg_encoder_gradient(model, x, eps):
 
 def test_dreg_keeps_the_bound_and_the_decoder_gradient_and_changes_the_encoder_s():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=3, n_hidden=32, keep_prob=1.0)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=32, keep_prob=1.0))
     x = torch.bernoulli(images(16), generator=torch.Generator().manual_seed(0))
     iwae_loss, iwae = gradients(model, x, 4, "iwae", seed=3)
     dreg_loss, dreg = gradients(model, x, 4, "dreg", seed=3)
@@ -323,7 +320,7 @@ def test_dreg_keeps_the_bound_and_the_decoder_gradient_and_changes_the_encoder_s
 
 def test_dreg_under_warm_up_weights_the_path_gradient_by_the_score_term_s_share():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=3, n_hidden=32, keep_prob=1.0)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=32, keep_prob=1.0))
     x = torch.bernoulli(images(16), generator=torch.Generator().manual_seed(0))
     _, iwae = gradients(model, x, 4, "iwae", seed=3, kl_weight=0.0)
     _, dreg = gradients(model, x, 4, "dreg", seed=3, kl_weight=0.0)
@@ -336,19 +333,20 @@ def test_dreg_under_warm_up_weights_the_path_gradient_by_the_score_term_s_share(
 
 def test_train_epoch_reports_the_same_bound_with_dreg():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=3, n_hidden=32)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=32))
     x = images(16)
     figures = []
     for gradient in ("iwae", "dreg"):
         copied = copy.deepcopy(model)
         torch.manual_seed(5)
-        figures.append(vae.train_epoch(copied, vae.adam(copied, 1e-3), [(x, x)], k=3, gradient=gradient))
+        optimizer = training.adam(copied, 1e-3)
+        figures.append(training.train_epoch(copied, optimizer, [(x, x, None)], k=3, gradient=gradient))
     assert figures[0] == figures[1]
 
 
 def test_output_bias_starts_the_decoder_at_the_mean_image():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=3, n_hidden=32)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=32))
     mean = images(100).mean(0)
     model.init_output_bias(mean)
     bias = model.decoder.net[-1].bias
@@ -359,11 +357,11 @@ def test_output_bias_starts_the_decoder_at_the_mean_image():
 def trained():
     """A small VAE trained for a few hundred steps on synthetic digits, and 200 test images."""
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=2, n_hidden=64)
-    optimizer = vae.adam(model, 3e-3)
+    model = vae.VAE(VAEConfig(dim_z=2, n_hidden=64))
+    optimizer = training.adam(model, 3e-3)
     x = images(512)
     for _ in range(40):
-        vae.train_epoch(model, optimizer, [(x[i:i + 64], x[i:i + 64]) for i in range(0, 512, 64)])
+        training.train_epoch(model, optimizer, [(x[i:i + 64], x[i:i + 64], None) for i in range(0, 512, 64)])
     return model.eval(), images(200, seed=1)
 
 
@@ -372,7 +370,7 @@ def test_iw_k1_matches_the_elbo_in_expectation(trained):
     torch.manual_seed(1)
     repeats = 50
     iw = torch.stack([vae.iw_log_likelihood(model, x, x, 1) for _ in range(repeats)])  # (repeats, images)
-    elbo = torch.tensor([-vae.evaluate(model, x, x).loss for _ in range(repeats)])
+    elbo = torch.tensor([-training.evaluate(model, x, x).loss for _ in range(repeats)])
     standard_error = iw.mean(1).std().item() / math.sqrt(repeats)
     assert abs(iw.mean().item() - elbo.mean().item()) < 4 * standard_error + 0.05
 
@@ -380,7 +378,7 @@ def test_iw_k1_matches_the_elbo_in_expectation(trained):
 def test_iw_bound_is_above_the_elbo_and_tightens_with_k(trained):
     model, x = trained
     torch.manual_seed(2)
-    elbo = -vae.evaluate(model, x, x).loss
+    elbo = -training.evaluate(model, x, x).loss
     bounds = [vae.mean_log_likelihood(model, x, x, k) for k in (1, 10, 100)]
     assert bounds[0] < bounds[1] < bounds[2]
     assert bounds[2] > elbo + 0.5
@@ -400,7 +398,7 @@ def test_mean_abs_error_of_noisy_and_restored_inputs(trained):
     model, x = trained
     noisy = (x + 0.25).clamp(0, 1)
     torch.manual_seed(4)
-    got_noisy, got_restored = vae.mean_abs_error(model, noisy, x, batch_size=64)  # batches of 64, 64, 64, 8
+    got_noisy, got_restored = training.mean_abs_error(model, noisy, x, batch_size=64)  # batches of 64, 64, 64, 8
     torch.manual_seed(4)
     expected = (model.reconstruct(noisy) - x).abs().mean().item()
     assert got_noisy == pytest.approx((noisy - x).abs().mean().item())
@@ -413,12 +411,14 @@ def test_iw_memory_stays_bounded_whatever_k():
     log-sum-exp holds one chunk (1,000 samples here). Measured in a fresh process, whose peak memory is this call's."""
     code = (
         "import resource, torch, vae\n"
+        "from config import VAEConfig\n"
         "torch.manual_seed(0)\n"
-        "model = vae.VAE(dim_z=1, n_hidden=1, dim_img=1).eval()\n"
-        "x = torch.ones(100, 1)\n"
-        "vae.iw_log_likelihood(model, x, x, 10_000, max_rows=100_000)\n"
+        "model = vae.VAE(VAEConfig(dim_z=1, n_hidden=1)).eval()\n"
+        "model.decoder.net = torch.nn.Linear(1, 1)  # one pixel: the memory measured is the weights', not the images'\n"
+        "x_hat, x = torch.ones(100, 784), torch.ones(100, 1)\n"
+        "vae.iw_log_likelihood(model, x_hat, x, 10_000, max_rows=100_000)\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "vae.iw_log_likelihood(model, x, x, 100_000, max_rows=100_000)\n"
+        "vae.iw_log_likelihood(model, x_hat, x, 100_000, max_rows=100_000)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -431,36 +431,36 @@ def test_bf16_training_follows_fp32():
     losses = {}
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        model = vae.VAE(dim_z=8, n_hidden=128)
-        optimizer = vae.adam(model, 1e-3)
-        first = vae.train_epoch(model, optimizer, [(x, x)], precision).loss
-        last = vae.train_epoch(model, optimizer, [(x, x)] * 30, precision).loss
+        model = vae.VAE(VAEConfig(dim_z=8, n_hidden=128))
+        optimizer = training.adam(model, 1e-3)
+        first = training.train_epoch(model, optimizer, [(x, x, None)], precision).loss
+        last = training.train_epoch(model, optimizer, [(x, x, None)] * 30, precision).loss
         assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
-        losses[precision] = (first, last, vae.evaluate(model, x, x).loss)
+        losses[precision] = (first, last, training.evaluate(model, x, x).loss)
     (f32_first, f32_last, f32_test), (b16_first, b16_last, b16_test) = losses["fp32"], losses["bf16"]
     assert b16_last < b16_first - 50 and f32_last < f32_first - 50
     assert abs(b16_last - f32_last) < 1.0 and abs(b16_test - f32_test) < 1.0, losses
 
 
 def test_bf16_runs_the_products_in_bfloat16_and_returns_fp32():
-    model = vae.VAE(dim_z=3, n_hidden=32)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=32))
     seen = []
     model.decoder.net[0].register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
     x = images(4)
-    with vae.autocast(torch.device("cpu"), "bf16"):
+    with training.autocast(torch.device("cpu"), "bf16"):
         _, loss, nll, kl = model.loss(x, x)
         iw_loss = model.loss(x, x, k=3)[1]
         logits, mu, sigma = model(x)
     assert seen == [torch.bfloat16] * 3
     assert {t.dtype for t in (loss, nll, kl, iw_loss, logits, mu, sigma)} == {torch.float32}
-    with vae.autocast(torch.device("cpu"), "fp32"):
+    with training.autocast(torch.device("cpu"), "fp32"):
         model(x)
     assert seen[-1] == torch.float32
 
 
 def test_api_shapes_and_sampling():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=2, n_hidden=16).eval()
+    model = vae.VAE(VAEConfig(dim_z=2, n_hidden=16)).eval()
     x = images(6)
     for shaped in (x, x.reshape(6, 28, 28), x.reshape(6, 1, 28, 28)):
         mu, sigma = model.encode(shaped)
@@ -485,9 +485,9 @@ def test_the_readmes_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
     write_mnist(tmp_path / "data")
     (tmp_path / "results").mkdir()
     torch.manual_seed(0)
-    checkpoint_file(str(tmp_path / "results"), vae.VAE(dim_z=3, n_hidden=16))
+    checkpoint_file(str(tmp_path / "results"), vae.VAE(VAEConfig(dim_z=3, n_hidden=16)))
     (tmp_path / "results" / "cvae").mkdir()
-    checkpoint_file(str(tmp_path / "results" / "cvae"), vae.VAE(dim_z=2, n_hidden=16, conditional=True))
+    checkpoint_file(str(tmp_path / "results" / "cvae"), vae.VAE(VAEConfig(dim_z=2, n_hidden=16, conditional=True)))
     monkeypatch.chdir(tmp_path)
     exec(compile(readme_snippet(), "README.md", "exec"), {})
     shapes = capsys.readouterr().out.strip().splitlines()
@@ -499,7 +499,7 @@ def test_the_readmes_snippet_runs_as_written(tmp_path, monkeypatch, capsys):
 
 def test_float64_images_are_accepted_as_float32():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=2, n_hidden=16).eval()
+    model = vae.VAE(VAEConfig(dim_z=2, n_hidden=16)).eval()
     x = images(3)
     assert torch.equal(model.encode(x.double())[0], model.encode(x)[0])
     assert model.reconstruct(x.double()).dtype == torch.float32
@@ -507,7 +507,7 @@ def test_float64_images_are_accepted_as_float32():
 
 def test_the_api_checks_its_inputs_and_says_what_it_expected():
     torch.manual_seed(0)
-    model = vae.VAE(dim_z=2, n_hidden=16).eval()
+    model = vae.VAE(VAEConfig(dim_z=2, n_hidden=16)).eval()
     z = torch.zeros(3, 2)
     assert model.decode(z.double()).dtype == model.decode(z.half()).dtype == torch.float32
     bad_z = {"the wrong width": torch.zeros(3, 5), "one vector": torch.zeros(2), "integers": torch.zeros(3, 2).long(),
@@ -521,7 +521,7 @@ def test_the_api_checks_its_inputs_and_says_what_it_expected():
     assert model.sample(0).shape == (0, 784)
     x = images(3)
     for bad in (x * 255, x.clone().fill_(float("nan")), x.clone().fill_(float("inf")), x - 1):
-        with pytest.raises(ValueError, match="expected pixel values in \\[0, 1\\]"):
+        with pytest.raises(ValueError, match="expected pixel values in \\[0, 2\\]"):
             model.encode(bad)
     assert model.reconstruct(x * 2).shape == (3, 784)  # the original's noisy inputs reach 2
 
@@ -530,8 +530,10 @@ def test_the_model_and_load_check_their_arguments(tmp_path):
     for args in ((0, 5), (-1, 5), ("a", 5), (2.5, 5), (True, 5), (2, 5, 2.0), (2, 5, 0.0), (2, 5, float("nan")),
                  (2, 5, 0.9, 0)):
         with pytest.raises(ValueError, match="expected"):
-            vae.VAE(*args)
-    path = checkpoint_file(str(tmp_path), vae.VAE(2, 8))
+            VAEConfig(*args)
+    with pytest.raises(ValueError, match="expected a VAEConfig"):
+        vae.VAE(2)
+    path = checkpoint_file(str(tmp_path), vae.VAE(VAEConfig(2, 8)))
     for bad in (dict(path=None), dict(path=3), dict(path=path, device="bogus"), dict(path=path, device=None)):
         with pytest.raises(ValueError, match="expected"):
             vae.load(**bad)
@@ -567,18 +569,16 @@ def test_a_long_evaluation_stops_between_chunks_whatever_k(trained):
     assert vae.iw_chunks(150, 5) == 2
 
 
-
-
 @pytest.mark.parametrize("device", DEVICES)
 def test_on_a_device_training_lowers_the_loss_and_the_bound_is_finite(device):
     """fp32 and bf16 training steps, the IWAE bound with DReG, and the likelihood bound, on the device."""
     x = images(128).to(device)
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
-        model = vae.VAE(dim_z=3, n_hidden=64).to(device)
-        optimizer = vae.adam(model, 3e-3)
-        first = vae.train_epoch(model, optimizer, [(x, x)], precision, k=3, gradient="dreg").loss
-        last = vae.train_epoch(model, optimizer, [(x, x)] * 20, precision, k=3, gradient="dreg").loss
+        model = vae.VAE(VAEConfig(dim_z=3, n_hidden=64)).to(device)
+        optimizer = training.adam(model, 3e-3)
+        first = training.train_epoch(model, optimizer, [(x, x, None)], precision, k=3, gradient="dreg").loss
+        last = training.train_epoch(model, optimizer, [(x, x, None)] * 20, precision, k=3, gradient="dreg").loss
         assert last < first - 5, (precision, first, last)
         log_px = vae.mean_log_likelihood(model, x, x, 50)
         assert math.isfinite(log_px) and log_px < 0
