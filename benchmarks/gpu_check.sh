@@ -50,20 +50,19 @@ rows+=("| --iw_samples $iw_samples on the test images (dim_z 50) | $iw_line | |"
 epoch=$("$py" - "$data" "$device" "$timed_epochs" <<'PY'
 import statistics, sys, time
 import torch
-import mnist_data, vae
+import hardware, mnist_data, training, vae
+from config import VAEConfig
 data_dir, device, epochs = sys.argv[1], torch.device(sys.argv[2]), int(sys.argv[3])
 train_x = mnist_data.load_mnist(data_dir, device).train_x
 torch.manual_seed(1)
-model = vae.VAE(20, 500).to(device)
-optimizer = vae.adam(model, 1e-3)
+model = vae.VAE(VAEConfig(20, 500)).to(device)
+optimizer = training.adam(model, 1e-3)
 times = []
 for _ in range(epochs):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    hardware.synchronize(device)
     t0 = time.perf_counter()
-    vae.train_epoch(model, optimizer, mnist_data.batches(train_x, 128))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    training.train_epoch(model, optimizer, mnist_data.batches(train_x, 128))
+    hardware.synchronize(device)
     times.append(time.perf_counter() - t0)
 print(f"{statistics.median(times):.3f} s (median of {epochs}: {', '.join(f'{t:.3f}' for t in times)})")
 PY
@@ -73,7 +72,7 @@ rows+=("| default epoch, training only (dim_z 20, n_hidden 500, batch 128, 429 s
 where=$("$py" -c "
 import torch, hardware
 print(torch.cuda.get_device_name() if torch.cuda.is_available() else
-      f'{hardware.cpu_info()[0]}, {torch.get_num_threads()} threads', '| torch', torch.__version__)")
+      f'{hardware.cpu_name()}, {torch.get_num_threads()} threads', '| torch', torch.__version__)")
 echo
 echo "device: $device ($where)"
 echo

@@ -21,12 +21,15 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import checkpoint  # noqa: E402
-import cli  # noqa: E402
-import config  # noqa: E402
-import mnist_data  # noqa: E402
-import run_main  # noqa: E402
-import training  # noqa: E402
+import checkpoint
+import cli
+import config
+import mnist_data
+import results_folder
+import run_main
+import training
+import vae
+from config import VAEConfig
 
 # The tests' models are tiny: one thread is as fast, and it keeps a busy 2-core machine from stalling
 # two threads that wait on each other. Subprocesses get the same through the environment.
@@ -217,3 +220,77 @@ def set_field(*keys, value):
             target = target[k]
         target[keys[-1]] = value(target[keys[-1]]) if callable(value) else value
     return change
+
+
+DENOISING_2D = ["--dim_z", "2", "--PMLR", "True", "--add_noise", "True"]
+
+
+@pytest.fixture(scope="module")
+def first_run(mnist_dir, tmp_path_factory):
+    """Two epochs of the denoising 2-D model with PMLR and PRS, into a folder that already holds a user file."""
+    results = tmp_path_factory.mktemp("first") / "results"
+    results.mkdir()
+    (results / "keep.txt").write_text("mine")
+    done = run(*DENOISING_2D, "--PRS", "True", "--num_epochs", "2", *FAST, "--results_path", results)
+    assert done.status == 0, done.stderr
+    return str(results), done
+
+
+def failing_open(monkeypatch, fails, error):
+    """Make results_folder.py's open raise error (after writing a little) for the files fails(path) picks."""
+    def fake_open(path, mode="r", *args, **kwargs):
+        f = open(path, mode, *args, **kwargs)
+        if "w" in mode and fails(str(path)):
+            f.write(b"partial")
+            f.close()
+            raise error
+        return f
+    monkeypatch.setattr(results_folder, "open", fake_open, raising=False)
+
+
+def conditional(dim_z=2, n_hidden=16, **kwargs):
+    torch.manual_seed(0)
+    return vae.VAE(VAEConfig(dim_z, n_hidden, conditional=True, **kwargs)).eval()
+
+
+CVAE_2D = ["--conditional", "True", "--dim_z", "2", *FAST]
+
+
+@pytest.fixture(scope="module")
+def cvae_run(mnist_dir, tmp_path_factory):
+    """Two epochs of a 2-D conditional model with every picture, and a few images in PARR and PIR."""
+    results = tmp_path_factory.mktemp("cvae") / "results"
+    done = run(*CVAE_2D, "--PMLR", "True", "--PMLR_n_img_x", "4", "--PMLR_n_img_y", "3", "--PRS", "True",
+               "--PARR", "True", "--PARR_n_img_y", "3", "--PIR", "True", "--PIR_n_img_x", "5", "--PIR_n_img_y", "2",
+               "--iw_samples", "3", "--num_epochs", "2", "--results_path", results)
+    assert done.status == 0, done.stderr
+    return str(results), done
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A small VAE trained for a few hundred steps on synthetic digits, and 200 test images."""
+    torch.manual_seed(0)
+    model = vae.VAE(VAEConfig(dim_z=2, n_hidden=64))
+    optimizer = training.adam(model, 3e-3)
+    x = images(512)
+    for _ in range(40):
+        training.train_epoch(model, optimizer, [(x[i:i + 64], x[i:i + 64], None) for i in range(0, 512, 64)])
+    return model.eval(), images(200, seed=1)
+
+
+@pytest.fixture
+def good(tmp_path):
+    """A sound checkpoint of a small model, and the model."""
+    torch.manual_seed(0)
+    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=24, keep_prob=0.8))
+    return checkpoint_file(tmp_path, model), model
+
+
+def adam_state(optimizer, i):
+    return optimizer.state_dict()["state"][i]
+
+
+def one_element_moments(checkpoint):
+    for v in checkpoint["optimizer"]["state"].values():
+        v["exp_avg"], v["exp_avg_sq"] = torch.zeros(1), torch.zeros(1)

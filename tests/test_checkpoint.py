@@ -10,16 +10,20 @@ import checkpoint
 import hardware
 import training
 import vae
+from checkpoint import METRICS
 from config import VAEConfig
-from conftest import DEVICES, checkpoint_file, edited, set_field
-
-
-@pytest.fixture
-def good(tmp_path):
-    """A sound checkpoint of a small model, and the model."""
-    torch.manual_seed(0)
-    model = vae.VAE(VAEConfig(dim_z=3, n_hidden=24, keep_prob=0.8))
-    return checkpoint_file(tmp_path, model), model
+from conftest import (
+    DEVICES,
+    adam_state,
+    checkpoint_file,
+    edited,
+    metrics,
+    one_element_moments,
+    one_line_error,
+    run,
+    set_field,
+    usage_error,
+)
 
 
 def test_load_rebuilds_the_model_in_eval_mode(good):
@@ -154,10 +158,6 @@ def test_a_crafted_optimizer_state_is_refused_when_read(good, damage):
         checkpoint.read(path)
 
 
-def adam_state(optimizer, i):
-    return optimizer.state_dict()["state"][i]
-
-
 def test_moments_in_another_layout_or_shared_are_copied_into_the_runs_own_tensors(good):
     """A transposed layout of the same values, or one tensor for both moments: the run gets its own contiguous
     copies with the values the file means (fused Adam reads the memory as it lies)."""
@@ -176,26 +176,6 @@ def test_moments_in_another_layout_or_shared_are_copied_into_the_runs_own_tensor
     _, optimizer = training.restore(other, torch.device("cpu"), 1e-3)
     assert torch.equal(adam_state(optimizer, 2)["exp_avg"], moments["exp_avg"])
     assert adam_state(optimizer, 2)["exp_avg"].is_contiguous()
-
-
-def test_restored_adam_and_random_stream_continue_exactly(good):
-    path, model = good
-    read = checkpoint.read(path)
-    saved = torch.load(path, weights_only=True)
-    torch.manual_seed(123)
-    restored, optimizer = training.restore(read, torch.device("cpu"), 1e-3)
-    assert torch.equal(torch.get_rng_state(), saved["rng"]["cpu"])
-    for i, entry in saved["optimizer"]["state"].items():
-        assert all(torch.equal(adam_state(optimizer, i)[k], v) for k, v in entry.items())
-    assert optimizer.param_groups[0]["amsgrad"] is False and optimizer.param_groups[0]["lr"] == 1e-3
-    assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), model.state_dict().values(),
-                                                 strict=True))
-
-
-def test_the_files_hyperparameters_are_never_taken(good):
-    path = edited(good[0], lambda raw: raw["optimizer"]["param_groups"][0].update(amsgrad=True, lr=5.0))
-    _, optimizer = training.restore(checkpoint.read(path), torch.device("cpu"), 1e-3)
-    assert optimizer.param_groups[0]["amsgrad"] is False and optimizer.param_groups[0]["lr"] == 1e-3
 
 
 def test_older_history_names_are_migrated_on_the_copy_not_in_the_file(good):
@@ -234,3 +214,56 @@ def test_a_file_larger_than_the_free_memory_is_refused_before_it_is_read(good, m
     monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": 1000)
     with pytest.raises(ValueError, match="needs about .* of memory; 1e-06 GB is available"):
         checkpoint.read(good[0])
+
+
+def test_a_crafted_optimizer_state_is_a_usage_error_not_a_crash(small_run, mnist_dir, tmp_path):
+    path = edited(small_run / "checkpoint.pt", one_element_moments, tmp_path / "X" / "checkpoint.pt")
+    done = run("--num_epochs", "3", "--resume", path)
+    one_line_error(done, 2, "optimizer state does not fit its model")
+
+
+TAMPERED = {
+    "keep_prob '0.5'": (set_field("model_args", "keep_prob", value="0.5"), "invalid model arguments"),
+    "keep_prob None": (set_field("model_args", "keep_prob", value=None), "invalid model arguments"),
+    "keep_prob list": (set_field("model_args", "keep_prob", value=[0.5]), "invalid model arguments"),
+    "rng short": (set_field("rng", "cpu", value=torch.zeros(10, dtype=torch.uint8)), "damaged checkpoint"),
+    "rng float": (lambda c: c["rng"].update(cpu=c["rng"]["cpu"].float()), "damaged checkpoint"),
+    "history strings": (set_field("history", value=["epoch 0"]), "bad history"),
+    "history missing key": (lambda c: c["history"][0].pop("test_loss"), "bad history"),
+    "learn_rate text": (set_field("args", "learn_rate", value="fast"), "bad args learn_rate"),
+    "precision unknown": (set_field("args", "precision", value="fp8"), "bad args precision: must be one of fp32, bf16"),
+    "batch_size float": (set_field("args", "batch_size", value=64.0), "bad args batch_size"),
+}
+
+
+@pytest.mark.parametrize("damage", list(TAMPERED))
+def test_tampered_loadable_checkpoints_are_usage_errors_at_load(small_run, tmp_path, capsys, damage):
+    change, needle = TAMPERED[damage]
+    path = edited(small_run / "checkpoint.pt", change, tmp_path / "X" / "checkpoint.pt")
+    err = usage_error(capsys, ["--resume", str(path), "--num_epochs", "2"])
+    assert needle in err and err.count("\n") == 1, err
+
+
+def test_a_checkpoint_with_the_older_column_names_resumes(small_run, mnist_dir, tmp_path):
+    def older(checkpoint):
+        for row in checkpoint["history"]:
+            row["train_likelihood"], row["test_likelihood"] = row.pop("train_nll"), row.pop("test_nll")
+    path = edited(small_run / "checkpoint.pt", older, tmp_path / "X" / "checkpoint.pt")
+    done = run("--num_epochs", "2", "--PRR", "False", "--resume", path)
+    assert done.status == 0, done.stderr
+    rows = metrics(path.parent)
+    assert list(rows[0]) == list(METRICS) and all(row["test_nll"] for row in rows) and len(rows) == 2
+
+
+SAVED_OUT_OF_RANGE = {"kl_warmup": 10**400, "iw_train": 10**310, "batch_size": 10**310, "learn_rate": 10**400,
+                      "num_epochs": -7, "precision": "fp8", "binarize": 1}
+
+
+@pytest.mark.parametrize("name", list(SAVED_OUT_OF_RANGE))
+def test_a_checkpoints_saved_flags_are_checked_as_flags_are(tmp_path, capsys, name):
+    path = checkpoint_file(str(tmp_path), vae.VAE(VAEConfig(dim_z=2, n_hidden=8)))
+    raw = torch.load(path, weights_only=True)
+    raw["args"] = {"lr_schedule": "cosine", name: SAVED_OUT_OF_RANGE[name]}
+    torch.save(raw, path)
+    err = usage_error(capsys, ["--resume", path, "--num_epochs", "3"])
+    assert f"is a damaged checkpoint (bad args {name}: must be" in err and err.count("\n") == 1, err

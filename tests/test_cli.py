@@ -12,11 +12,8 @@ import cli
 import config
 import flags
 import hardware
-import signals
-import training
-import vae
 from config import VAEConfig
-from conftest import ROOT, checkpoint_file, run_cli, usage_error
+from conftest import ROOT, run_cli, usage_error
 
 SEED_DEFAULTS = dict(dim_z=20, results_path="results", add_noise=False, n_hidden=500, learn_rate=1e-3,
                      num_epochs=20, batch_size=128, PRR=True, PRR_n_img_x=10, PRR_n_img_y=10,
@@ -123,12 +120,6 @@ def test_usage_error_from_the_command_line_has_no_traceback():
     assert result.stderr.count("\n") == 1 and "--add_noise" in result.stderr
 
 
-def test_resume_command_names_the_script_as_run():
-    command = signals.resume_command("/opt/vae/run_main.py", ["--dim_z", "2", "--resume=old.pt", "--num_epochs", "9"],
-                                      "res/checkpoint.pt")
-    assert command == "python /opt/vae/run_main.py --dim_z 2 --num_epochs 9 --resume res/checkpoint.pt"
-
-
 def test_messages_say_what_is_wrong(capsys, monkeypatch):
     err = usage_error(capsys, ["--keep_prob", "1e-40"])
     assert "--keep_prob must be from 0.001 to 1" in err
@@ -154,8 +145,6 @@ def test_bf16_says_so_only_where_its_measured_products_are_slower(capsys, monkey
     assert capsys.readouterr().out == "" and len(timed) == 1
 
 
-
-
 def test_help_and_usage_errors_import_no_torch():
     for argv in (["--help"], ["--dim_z", "0"], ["--PRR_n_img_x", "0"], ["--iw_gradient", "dreg"]):
         done = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "run_main.py"), *argv],
@@ -170,12 +159,6 @@ def test_help_shows_every_flags_default():
     for f in flags.FLAGS:
         if f.default is not None:
             assert f"default {f.default}" in " ".join(text.split()), f.name
-
-
-def test_the_settings_are_frozen():
-    settings = cli.parse_args([]).settings
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        settings.dim_z = 3
 
 
 HUGE = [["--iw_samples", str(10**311)], ["--kl_warmup", str(10**400)], ["--batch_size", str(10**310)],
@@ -212,31 +195,22 @@ def test_a_picture_that_is_off_is_neither_checked_nor_sized(capsys, monkeypatch)
     assert "the PRS picture (56000x56000 pixels) needs about" in err
 
 
-def test_the_choices_match_the_models(capsys):
-    assert flags.FLAG["lr_schedule"].choices == ("constant", "cosine")
-    for schedule in flags.FLAG["lr_schedule"].choices:
-        assert training.learning_rate(3, 10, 1e-3, 1e-5, schedule) > 0
-    assert flags.FLAG["keep_prob"].low == config.KEEP_PROB_MIN and flags.DEFAULTS["keep_prob"] == config.KEEP_PROB
-    assert flags.FLAG["dim_z"].high == flags.FLAG["n_hidden"].high == config.MAX_WIDTH
+def test_usage_errors_of_the_conditional_pictures(capsys):
+    cases = {("--PARR", "True"): "--PARR True needs --conditional True",
+             ("--conditional", "True", "--PMLR", "True", "--dim_z", "5"): "--PMLR True needs --dim_z 2 (got 5)",
+             ("--PIR", "True", "--PIR_n_img_x", "1"): "--PIR_n_img_x must be from 2",
+             ("--PIR", "True", "--PIR_n_img_y", "5001", "--PIR_resize_factor", "0.1"): "pairs need 10002 test images",
+             ("--conditional", "True", "--PARR", "True", "--PARR_n_img_y", "10001", "--PARR_resize_factor", "0.1"):
+                 "more than the 10000 test",
+             ("--conditional", "True", "--PARR", "True", "--PARR_resize_factor", "0.01"): "smaller than one pixel",
+             ("--conditional", "maybe"): "expected True or False",
+             ("--PIR", "True", "--PIR_n_img_x", "65499"): "--PIR image would be"}
+    for argv, needle in cases.items():
+        assert needle in usage_error(capsys, list(argv)), argv
 
 
-def test_the_continue_command_names_the_interpreter_that_ran(monkeypatch, tmp_path):
-    assert signals.python_command() in ("python", sys.executable)
-    monkeypatch.setenv("PATH", str(tmp_path))  # no python on PATH: name this interpreter
-    assert signals.python_command() == sys.executable
-    (tmp_path / "python").symlink_to(sys.executable)
-    assert signals.python_command() == "python"
-
-
-SAVED_OUT_OF_RANGE = {"kl_warmup": 10**400, "iw_train": 10**310, "batch_size": 10**310, "learn_rate": 10**400,
-                      "num_epochs": -7, "precision": "fp8", "binarize": 1}
-
-
-@pytest.mark.parametrize("name", list(SAVED_OUT_OF_RANGE))
-def test_a_checkpoints_saved_flags_are_checked_as_flags_are(tmp_path, capsys, name):
-    path = checkpoint_file(str(tmp_path), vae.VAE(VAEConfig(dim_z=2, n_hidden=8)))
-    raw = torch.load(path, weights_only=True)
-    raw["args"] = {"lr_schedule": "cosine", name: SAVED_OUT_OF_RANGE[name]}
-    torch.save(raw, path)
-    err = usage_error(capsys, ["--resume", path, "--num_epochs", "3"])
-    assert f"is a damaged checkpoint (bad args {name}: must be" in err and err.count("\n") == 1, err
+def test_the_analogy_and_interpolation_grids_count_their_fixed_columns():
+    grids = cli.parse_args(["--conditional", "True", "--PARR", "True", "--PIR", "True", "--PIR_n_img_x", "6",
+                            "--PARR_n_img_y", "3"]).grids
+    assert (grids["PARR"].n_x, grids["PARR"].n_y) == (11, 3)
+    assert (grids["PIR"].n_x, grids["PIR"].n_y) == (8, 10)

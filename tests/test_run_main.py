@@ -1,66 +1,52 @@
 """run_main.py: flags and usage errors, then whole runs on synthetic MNIST (in this process, except where a
 real process matters: signals, the terminal's progress bar, the exit status of a usage error)."""
+import ast
 import contextlib
-import errno
 import fcntl
+import glob
+import graphlib
 import io
 import json
 import os
 import pty
 import re
-import shlex
 import shutil
 import signal
 import struct
-import subprocess
 import sys
 import termios
-import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import checkpoint
 import cli
-import plot_utils
-import report
-import results_folder
 import run_main
-import signals
 import training
 import vae
 from checkpoint import FORMAT, METRICS
+from config import VAEConfig
 from conftest import (
+    CVAE_2D,
+    DENOISING_2D,
     DEVICES,
     FAST,
     ROOT,
+    checkpoint_file,
     edited,
     epochs_printed,
     metrics,
+    one_element_moments,
     one_line_error,
     run,
     saved_epoch,
-    set_field,
     usage_error,
-    with_data,
     without_seconds,
 )
 
-DENOISING_2D = ["--dim_z", "2", "--PMLR", "True", "--add_noise", "True"]
-
-
 # whole runs
-
-@pytest.fixture(scope="module")
-def first_run(mnist_dir, tmp_path_factory):
-    """Two epochs of the denoising 2-D model with PMLR and PRS, into a folder that already holds a user file."""
-    results = tmp_path_factory.mktemp("first") / "results"
-    results.mkdir()
-    (results / "keep.txt").write_text("mine")
-    done = run(*DENOISING_2D, "--PRS", "True", "--num_epochs", "2", *FAST, "--results_path", results)
-    assert done.status == 0, done.stderr
-    return str(results), done
 
 
 def test_end_to_end_writes_every_file(first_run):
@@ -93,36 +79,6 @@ def test_end_to_end_writes_every_file(first_run):
     assert evaluation["mae_restored"] == pytest.approx(float(noise.group(2)), abs=1e-4)
     # unclamped noise: x * m1 + m2 is |x - x_hat| = x (m1 = 0, m2 = 0), 1 - x or x, or 1 on average over masks
     assert 0.4 < evaluation["mae_noisy"] < 0.8
-
-
-def test_noisy_input_picture_is_stretched_from_its_minimum_to_its_maximum(first_run):
-    results, _ = first_run
-    clean = np.asarray(Image.open(os.path.join(results, "input.jpg")), dtype=float)
-    noisy = np.asarray(Image.open(os.path.join(results, "input_noise.jpg")), dtype=float)
-    assert np.abs(clean - noisy).mean() > 50
-    # values 0..2 drawn 0..255: salt on the background (1) is mid-grey, salt on a bright stroke (2) white
-    background = clean < 30
-    assert 100 < np.median(noisy[background & (noisy > 60)]) < 160
-    assert noisy[clean > 240].max() > 240
-
-
-def test_prior_samples_are_the_same_z_every_epoch_and_leave_training_alone(first_run, mnist_dir, tmp_path):
-    results, _ = first_run
-    again = run(*DENOISING_2D, "--num_epochs", "2", *FAST, "--results_path", tmp_path / "again")
-    assert again.status == 0, again.stderr
-    assert without_seconds(metrics(tmp_path / "again")) == without_seconds(metrics(results))  # --PRS True or not
-    assert not any(name.startswith("PRS_") for name in os.listdir(tmp_path / "again"))
-    model = vae.load(os.path.join(results, "checkpoint.pt"))
-    z = torch.randn(100, 2, generator=torch.Generator().manual_seed(1))
-    expected = np.asarray(Image.open(os.path.join(results, "PRS_epoch_01.jpg")), dtype=float)
-    drawn = np.asarray(Image.open(io.BytesIO(grid_jpeg(model.decode(z)))), dtype=float)
-    assert np.abs(expected - drawn).max() < 3  # the decoded z of generator seed --seed, JPEG aside
-
-
-def grid_jpeg(images):
-    buffer = io.BytesIO()
-    plot_utils.save_grid(buffer, images, 10, 10)
-    return buffer.getvalue()
 
 
 def test_same_seed_same_metrics_and_other_seed_differs(first_run, mnist_dir, tmp_path):
@@ -223,81 +179,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(first_run, mni
 
 # the results folder: earlier runs, locks, stale files, failed writes
 
-def test_a_fresh_run_moves_an_earlier_run_aside(first_run, mnist_dir, tmp_path):
-    results, _ = first_run
-    folder = tmp_path / "results"
-    shutil.copytree(results, folder)
-    (folder / "notes.txt").write_text("mine")
-    (folder / "PRR_epoch_01.jpg.bak").write_text("mine too")
-    earlier = results_folder.ResultsFolder(str(folder)).outputs()
-    assert "checkpoint.pt" in earlier and "PRS_epoch_01.jpg" in earlier and "keep.txt" not in earlier
-    for n in (1, 2):
-        done = run("--dim_z", "3", "--num_epochs", "1", *FAST, "--results_path", folder)
-        assert done.status == 0, done.stderr
-        assert f"moved the earlier run's {len(earlier) if n == 1 else 6} files in {folder} to " \
-               f"{folder / f'previous_run_{n}'}" in done.stdout
-    assert sorted(os.listdir(folder / "previous_run_1")) == earlier
-    with open(os.path.join(results, "checkpoint.pt"), "rb") as f:
-        assert (folder / "previous_run_1" / "checkpoint.pt").read_bytes() == f.read()
-    assert sorted(os.listdir(folder / "previous_run_2")) == ["PRR_epoch_00.jpg", "checkpoint.pt", "input.jpg",
-                                                              "loss.png", "metrics.csv", "settings.json"]
-    assert [r["epoch"] for r in metrics(folder)] == ["0"] and saved_epoch(folder) == 1
-    assert (folder / "notes.txt").read_text() == "mine" and (folder / "keep.txt").read_text() == "mine"
-    assert (folder / "PRR_epoch_01.jpg.bak").read_text() == "mine too"
-
-
-def test_a_locked_folder_stops_a_second_run(mnist_dir, tmp_path):
-    folder = tmp_path / "results"
-    folder.mkdir()
-    with open(folder / results_folder.LOCK_NAME, "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running run_main.py holds it
-        done = run("--num_epochs", "1", *FAST, "--results_path", folder)
-    one_line_error(done, 1, f"another run is writing to {folder}")
-    assert sorted(os.listdir(folder)) == [results_folder.LOCK_NAME]
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
-    assert done.status == 0, done.stderr  # released with the file: a dead run leaves no lock behind
-
-
-def test_stale_temporary_files_are_removed_and_others_kept(mnist_dir, tmp_path):
-    folder = tmp_path / "results"
-    folder.mkdir()
-    for name in ("checkpoint.pt.tmp", "metrics.csv.tmp", "PRR_epoch_03.jpg.tmp", "notes.tmp"):
-        (folder / name).write_text("stale")
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
-    assert done.status == 0, done.stderr
-    assert [n for n in os.listdir(folder) if n.endswith(".tmp")] == ["notes.tmp"]
-
-
-def failing_open(monkeypatch, fails, error):
-    """Make results_folder.py's open raise error (after writing a little) for the files fails(path) picks."""
-    def fake_open(path, mode="r", *args, **kwargs):
-        f = open(path, mode, *args, **kwargs)
-        if "w" in mode and fails(str(path)):
-            f.write(b"partial")
-            f.close()
-            raise error
-        return f
-    monkeypatch.setattr(results_folder, "open", fake_open, raising=False)
-
-
-def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(mnist_dir, tmp_path, monkeypatch):
-    folder = tmp_path / "results"
-    writes = []
-    failing_open(monkeypatch, lambda p: p.endswith("checkpoint.pt.tmp") and writes.append(p) or len(writes) > 1,
-                 OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
-    done = run("--num_epochs", "3", *FAST, "--results_path", folder)
-    one_line_error(done, 1, f"cannot write {folder / 'checkpoint.pt'}: no space left on device")
-    assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
-    assert saved_epoch(folder) == 1  # epoch 1's checkpoint failed; epoch 0's stays
-
-
-def test_a_read_only_folder_is_one_line(mnist_dir, tmp_path, monkeypatch):
-    folder = tmp_path / "results"
-    failing_open(monkeypatch, lambda p: True, OSError(errno.EROFS, os.strerror(errno.EROFS)))
-    done = run("--num_epochs", "1", *FAST, "--results_path", folder)
-    one_line_error(done, 1, f"cannot write {folder / 'input.jpg'}: read-only file system")
-    assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
-
 
 # binarized MNIST, dropout, precision
 
@@ -341,50 +222,6 @@ def test_bf16_run_trains_in_bf16_and_evaluates_in_fp32(mnist_dir, tmp_path, monk
 
 
 # real processes: signals and the terminal
-
-@pytest.mark.parametrize("signum,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_signals_stop_between_batches_and_keep_the_checkpoint(mnist_dir, tmp_path, monkeypatch, signum, status):
-    results = tmp_path / "results"
-    real_save = run_main.save_epoch
-
-    def save_then_signal(s, run_, *rest):
-        real_save(s, run_, *rest)
-        if run_.epoch == 2:
-            os.kill(os.getpid(), signum)  # heard at epoch 2's first batch
-    monkeypatch.setattr(run_main, "save_epoch", save_then_signal)
-    done = run("--dim_z", "2", "--num_epochs", "1000", "--PRR", "False", *FAST, "--results_path", results)
-    one_line_error(done, status, "interrupted in epoch 2; the checkpoint of the 2 finished epochs is")
-    assert epochs_printed(done.stdout) == [0, 1]
-    assert (f"continue with: {signals.python_command()} run_main.py --dim_z 2 --num_epochs 1000" in done.stderr
-            and f"--resume {results / 'checkpoint.pt'}" in done.stderr)
-    assert saved_epoch(results) == 2 == len(metrics(results))
-
-
-def test_a_real_process_survives_a_full_standard_output_and_stops_on_a_signal_with_its_status(mnist_dir, tmp_path):
-    """What only a real process shows: its standard output on a full disk costs one warning line, and a signal
-    ends it with the signal's exit status and one line that says how to continue."""
-    results = tmp_path / "results"
-    script = os.path.join(ROOT, "run_main.py")
-    with open("/dev/full", "w") as full:
-        child = subprocess.Popen([sys.executable, script, *with_data(["--dim_z", "2", "--num_epochs", "1000", "--PRR",
-                                                                     "False", *FAST, "--results_path", results])],
-                                 cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and not (results / "checkpoint.pt").exists():
-            time.sleep(0.1)
-        time.sleep(0.3)
-        child.send_signal(signal.SIGHUP)  # a closed terminal
-        _, stderr = child.communicate(timeout=60)
-    finally:
-        child.kill()
-    assert child.returncode == 129, stderr
-    warning, error = stderr.splitlines()
-    assert warning.startswith("run_main.py: warning: cannot write to standard output (no space left on device)")
-    finished = saved_epoch(results)
-    assert finished >= 1 and finished == len(metrics(results))
-    assert error.startswith(f"run_main.py: error: interrupted in epoch {finished}; ")
-    assert f"continue with: {shlex.join([signals.python_command(), script])} " in error
 
 
 def test_progress_bars_only_on_a_terminal(mnist_dir, tmp_path, monkeypatch):
@@ -502,74 +339,6 @@ def test_a_resumed_run_keeps_the_checkpoints_training_flags(mnist_dir, tmp_path)
 
 # the results folder, checkpoints, signals and messages under misuse
 
-def test_resuming_a_backup_branches_and_keeps_the_folders_newer_run(mnist_dir, tmp_path):
-    folder = tmp_path / "R"
-    base = ["--PRR", "True", *FAST]
-    assert run(*base, "--num_epochs", "2", "--results_path", folder).status == 0
-    shutil.copy(folder / "checkpoint.pt", folder / "epoch2_backup.pt")
-    assert run(*base, "--num_epochs", "4", "--resume", folder / "checkpoint.pt").status == 0
-    newer = (folder / "checkpoint.pt").read_bytes()
-    branch = run(*base, "--num_epochs", "3", "--resume", folder / "epoch2_backup.pt")
-    assert branch.status == 0, branch.stderr
-    assert "moved the earlier run's" in branch.stdout
-    aside = folder / "previous_run_1"
-    assert (aside / "checkpoint.pt").read_bytes() == newer  # the 4-epoch run is whole, beside the branch
-    assert [r["epoch"] for r in metrics(aside)] == ["0", "1", "2", "3"]
-    assert os.path.exists(aside / "PRR_epoch_03.jpg") and not os.path.exists(folder / "PRR_epoch_03.jpg")
-    assert [r["epoch"] for r in metrics(folder)] == ["0", "1", "2"] and saved_epoch(folder) == 3
-    assert (folder / "epoch2_backup.pt").exists()  # the user's file stays where it was
-
-
-def test_resuming_a_link_to_another_folders_checkpoint_branches(mnist_dir, tmp_path, monkeypatch):
-    base = ["--PRR", "False", *FAST]
-    a, b = tmp_path / "A", tmp_path / "B"
-    assert run(*base, "--num_epochs", "2", "--results_path", a).status == 0
-    assert run(*base, "--num_epochs", "1", "--dim_z", "3", "--results_path", b).status == 0
-    a_checkpoint, b_checkpoint = (a / "checkpoint.pt").read_bytes(), (b / "checkpoint.pt").read_bytes()
-    os.symlink("../A/checkpoint.pt", b / "from_A.pt")
-    monkeypatch.chdir(b)
-    done = run(*base, "--num_epochs", "3", "--resume", "from_A.pt")
-    assert done.status == 0, done.stderr
-    assert (b / "previous_run_1" / "checkpoint.pt").read_bytes() == b_checkpoint  # B's own run, moved aside
-    assert saved_epoch(b) == 3 and (a / "checkpoint.pt").read_bytes() == a_checkpoint
-    os.symlink("checkpoint.pt", b / "own.pt")  # a link to the folder's own checkpoint continues in place
-    done = run(*base, "--num_epochs", "4", "--resume", "own.pt")
-    assert done.status == 0 and "moved" not in done.stdout and not (b / "previous_run_2").exists()
-    assert saved_epoch(b) == 4
-
-
-def one_element_moments(checkpoint):
-    for v in checkpoint["optimizer"]["state"].values():
-        v["exp_avg"], v["exp_avg_sq"] = torch.zeros(1), torch.zeros(1)
-
-
-def test_a_crafted_optimizer_state_is_a_usage_error_not_a_crash(small_run, mnist_dir, tmp_path):
-    path = edited(small_run / "checkpoint.pt", one_element_moments, tmp_path / "X" / "checkpoint.pt")
-    done = run("--num_epochs", "3", "--resume", path)
-    one_line_error(done, 2, "optimizer state does not fit its model")
-
-
-TAMPERED = {
-    "keep_prob '0.5'": (set_field("model_args", "keep_prob", value="0.5"), "invalid model arguments"),
-    "keep_prob None": (set_field("model_args", "keep_prob", value=None), "invalid model arguments"),
-    "keep_prob list": (set_field("model_args", "keep_prob", value=[0.5]), "invalid model arguments"),
-    "rng short": (set_field("rng", "cpu", value=torch.zeros(10, dtype=torch.uint8)), "damaged checkpoint"),
-    "rng float": (lambda c: c["rng"].update(cpu=c["rng"]["cpu"].float()), "damaged checkpoint"),
-    "history strings": (set_field("history", value=["epoch 0"]), "bad history"),
-    "history missing key": (lambda c: c["history"][0].pop("test_loss"), "bad history"),
-    "learn_rate text": (set_field("args", "learn_rate", value="fast"), "bad args learn_rate"),
-    "precision unknown": (set_field("args", "precision", value="fp8"), "bad args precision: must be one of fp32, bf16"),
-    "batch_size float": (set_field("args", "batch_size", value=64.0), "bad args batch_size"),
-}
-
-
-@pytest.mark.parametrize("damage", list(TAMPERED))
-def test_tampered_loadable_checkpoints_are_usage_errors_at_load(small_run, tmp_path, capsys, damage):
-    change, needle = TAMPERED[damage]
-    path = edited(small_run / "checkpoint.pt", change, tmp_path / "X" / "checkpoint.pt")
-    err = usage_error(capsys, ["--resume", str(path), "--num_epochs", "2"])
-    assert needle in err and err.count("\n") == 1, err
-
 
 def test_a_non_finite_test_loss_stops_the_run_and_saves_nothing_diverged(mnist_dir, tmp_path):
     done = run("--batch_size", "256", "--n_hidden", "64", "--num_epochs", "2", "--learn_rate", "1e30",
@@ -593,130 +362,7 @@ def test_a_usage_error_found_with_the_data_leaves_the_folder_as_it_was(small_run
     assert sorted(os.listdir(folder)) == before
 
 
-def test_moving_an_earlier_run_is_all_or_nothing(small_run, mnist_dir, tmp_path, monkeypatch):
-    folder = tmp_path / "R"
-    shutil.copytree(small_run, folder)
-    before = sorted(os.listdir(folder))
-    real_replace, calls = os.replace, []
-
-    def failing_third(src, dst):
-        calls.append(src)
-        if len(calls) == 3 and "previous_run_1" in str(dst):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_replace(src, dst)
-    monkeypatch.setattr(os, "replace", failing_third)
-    done = run("--num_epochs", "1", *FAST, "--results_path", folder)
-    one_line_error(done, 1, "cannot tidy --results_path")
-    assert sorted(os.listdir(folder)) == before  # all back in place, no half-filled previous_run_1
-    calls.clear()
-
-    def interrupting(src, dst):  # Ctrl-C while the earlier run is being moved
-        if not calls:
-            os.kill(os.getpid(), signal.SIGINT)
-        calls.append(src)
-        return real_replace(src, dst)
-    monkeypatch.setattr(os, "replace", interrupting)
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
-    one_line_error(done, 130, "interrupted")
-    assert sorted(os.listdir(folder / "previous_run_1")) == [n for n in before if results_folder.is_output(n)]
-
-
-def test_only_the_runs_own_names_are_moved_aside(small_run, mnist_dir, tmp_path):
-    folder = tmp_path / "R"
-    shutil.copytree(small_run, folder)
-    for mine in ("input_vacation.jpg", "PRR_epoch_best.jpg", "metrics.csv.bak", "checkpoint.pt.old"):
-        (folder / mine).write_text("mine")
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
-    assert done.status == 0, done.stderr
-    for mine in ("input_vacation.jpg", "PRR_epoch_best.jpg", "metrics.csv.bak", "checkpoint.pt.old"):
-        assert (folder / mine).read_text() == "mine"
-    assert results_folder.is_output("PRR_epoch_07.jpg") and results_folder.is_output("PMLR_map_epoch_123.jpg")
-    assert not results_folder.is_output("input_vacation.jpg") and not results_folder.is_output("PRR_epoch_7.jpg")
-
-
-def test_a_lock_file_that_is_a_link_is_not_followed(mnist_dir, tmp_path):
-    folder = tmp_path / "R"
-    folder.mkdir()
-    os.symlink(tmp_path / "elsewhere", folder / results_folder.LOCK_NAME)
-    done = run("--num_epochs", "1", *FAST, "--results_path", folder)
-    one_line_error(done, 1, f"{results_folder.LOCK_NAME} in it is a symbolic link")
-    assert not (tmp_path / "elsewhere").exists()
-
-
-def test_an_evaluation_announces_its_time_and_stops_on_a_signal(small_run, mnist_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(run_main, "LONG_EVALUATION_S", 0)
-    done = run("--num_epochs", "1", "--PRR", "False", "--iw_samples", "3", *FAST, "--results_path", tmp_path)
-    assert re.search(r"^test log p\(x\) with K=3 on 200 images: about \d+ s$", done.stdout, re.M), done.stdout
-    real = vae.iw_log_likelihood
-
-    def signalled(*args, on_chunk=None, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, on_chunk=on_chunk, **kwargs)
-    monkeypatch.setattr(vae, "iw_log_likelihood", signalled)
-    done = run("--num_epochs", "1", "--PRR", "False", "--iw_samples", "1000000000", *FAST, "--resume",
-               small_run / "checkpoint.pt", "--results_path", tmp_path / "eval")
-    one_line_error(done, 143, "interrupted in the final evaluation")
-
-
-def test_ctrl_c_while_starting_is_one_line(mnist_dir, tmp_path):
-    child = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_main.py"), "--num_epochs", "1", *FAST,
-                              "--results_path", tmp_path / "R"],
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # torch is still importing: it takes seconds on a 2-core CPU
-    child.send_signal(signal.SIGINT)
-    stdout, stderr = child.communicate(timeout=60)
-    assert child.returncode == 130, stderr
-    assert stderr.startswith("run_main.py: error: interrupted") and stderr.count("\n") == 1, stderr
-    assert not (tmp_path / "R" / "checkpoint.pt").exists()
-
-
-def test_a_checkpoint_with_the_older_column_names_resumes(small_run, mnist_dir, tmp_path):
-    def older(checkpoint):
-        for row in checkpoint["history"]:
-            row["train_likelihood"], row["test_likelihood"] = row.pop("train_nll"), row.pop("test_nll")
-    path = edited(small_run / "checkpoint.pt", older, tmp_path / "X" / "checkpoint.pt")
-    done = run("--num_epochs", "2", "--PRR", "False", "--resume", path)
-    assert done.status == 0, done.stderr
-    rows = metrics(path.parent)
-    assert list(rows[0]) == list(METRICS) and all(row["test_nll"] for row in rows) and len(rows) == 2
-
-
 # what a run refuses, and what it survives
-
-def test_a_resume_refuses_a_checkpoint_another_run_wrote_after_it_was_read(small_run, mnist_dir, tmp_path,
-                                                                          monkeypatch):
-    """Run B reads F's checkpoint; run A writes F's next epoch before B takes F's lock: B must not go on and
-    write over A's epoch."""
-    folder = tmp_path / "F"
-    shutil.copytree(small_run, folder)
-    newer = run("--num_epochs", "2", "--PRR", "False", *FAST, "--results_path",
-                tmp_path / "A")
-    assert newer.status == 0, newer.stderr
-    real_build = run_main.build_run
-
-    def then_another_run_writes(plan, data):
-        built = real_build(plan, data)
-        shutil.copy(tmp_path / "A" / "checkpoint.pt", folder / "checkpoint.pt")  # A's epoch 2, as A writes it
-        return built
-    monkeypatch.setattr(run_main, "build_run", then_another_run_writes)
-    done = run("--num_epochs", "4", "--learn_rate", "3e-4", *FAST, "--PRR", "False", "--resume",
-               folder / "checkpoint.pt")
-    one_line_error(done, 1, "was written by another run after this one read it; run the command again")
-    assert (folder / "checkpoint.pt").read_bytes() == (tmp_path / "A" / "checkpoint.pt").read_bytes()
-    assert not any(name.startswith("previous_run") for name in os.listdir(folder))
-    assert len(metrics(folder)) == 1  # the folder's own metrics.csv, untouched
-
-
-def test_a_signal_while_a_resume_only_draws_is_heard(small_run, mnist_dir, tmp_path, monkeypatch):
-    real_grid = plot_utils.save_grid
-
-    def signalled(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGINT)
-        return real_grid(*args, **kwargs)
-    monkeypatch.setattr(plot_utils, "save_grid", signalled)
-    done = run("--num_epochs", "1", "--PRS", "True", "--PRR", "False", *FAST, "--results_path", tmp_path,
-               "--resume", small_run / "checkpoint.pt")
-    one_line_error(done, 130, f"interrupted while drawing the pictures; {small_run / 'checkpoint.pt'} holds all 1")
 
 
 def test_only_the_raw_idx_files_are_read(mnist_dir, tmp_path):
@@ -731,24 +377,6 @@ def test_only_the_raw_idx_files_are_read(mnist_dir, tmp_path):
             for i, d in enumerate((mnist_dir, data))]
     assert [r.status for r in runs] == [0, 0]
     assert without_seconds(metrics(tmp_path / "0")) == without_seconds(metrics(tmp_path / "1"))
-
-
-ALLOCATOR = RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: "
-                         "you tried to allocate 31000000000 bytes. Error code 12 (Cannot allocate memory)")
-
-
-def test_out_of_memory_is_one_line_naming_its_cause(small_run, mnist_dir, tmp_path, monkeypatch):
-    import mnist_data
-
-    def no_memory(*args, **kwargs):
-        raise ALLOCATOR
-    monkeypatch.setattr(training, "train_epoch", no_memory)
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", tmp_path / "a")
-    one_line_error(done, 1, "out of memory while training (try a smaller --n_hidden, --batch_size or --iw_train)")
-    monkeypatch.setattr(mnist_data, "load_mnist", no_memory)
-    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", tmp_path / "b")
-    one_line_error(done, 1, f"out of memory loading MNIST from {mnist_dir}")
-    assert not (tmp_path / "b").exists()
 
 
 def test_resume_messages_say_what_is_true(small_run, mnist_dir, tmp_path, capsys):
@@ -772,16 +400,6 @@ def test_resume_messages_say_what_is_true(small_run, mnist_dir, tmp_path, capsys
     err = usage_error(capsys, ["--resume", str(mean_bias), "--output_bias", "zero"])
     assert "--output_bias zero differs from the checkpoint's mean; leave it out or give mean (it would change the " \
            "model's start)" in err
-
-
-def test_a_second_signal_after_the_message_adds_no_line(capsys):
-    with signals.SIGNALS.caught():
-        with pytest.raises(SystemExit) as first:
-            report.fail("interrupted in epoch 3; the checkpoint ...", 130)
-        with pytest.raises(SystemExit) as second:
-            report.fail("interrupted", 130)
-    assert first.value.code == second.value.code == 130
-    assert capsys.readouterr().err.count("\n") == 1
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -811,3 +429,73 @@ def test_on_a_device_a_run_repeats_and_a_stopped_run_resumes_exactly(mnist_dir, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     evaluations = [json.loads((tmp_path / n / "evaluation.json").read_text()) for n in ("first", "stopped")]
     assert evaluations[0] == evaluations[1]
+
+
+def test_a_conditional_run_resumes_exactly_and_keeps_its_kind(cvae_run, mnist_dir, tmp_path, capsys):
+    results, _ = cvae_run
+    straight = run(*CVAE_2D, "--num_epochs", "3", "--iw_train", "2", "--results_path", tmp_path / "straight")
+    assert straight.status == 0, straight.stderr
+    first = run(*CVAE_2D, "--num_epochs", "2", "--iw_train", "2", "--results_path", tmp_path / "resumed")
+    assert first.status == 0, first.stderr
+    # --conditional comes from the checkpoint
+    resumed = run("--num_epochs", "3", *FAST, "--resume", tmp_path / "resumed" / "checkpoint.pt")
+    assert resumed.status == 0, resumed.stderr
+    assert resumed.stdout.count("epoch 2: -L_2 ") == 1 and "is now" not in resumed.stdout
+    assert without_seconds(metrics(tmp_path / "resumed")) == without_seconds(metrics(tmp_path / "straight"))
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    err = usage_error(capsys, ["--resume", os.path.join(results, "checkpoint.pt"), "--conditional", "False"])
+    assert "--conditional False differs from the checkpoint's True" in err
+
+
+def test_a_plain_checkpoint_stays_plain_and_refuses_the_analogies(mnist_dir, tmp_path, capsys):
+    checkpoint_file(str(tmp_path), vae.VAE(VAEConfig(2, 16)))
+    path = str(tmp_path / "checkpoint.pt")
+    assert cli.parse_args(["--resume", path]).settings.conditional is False
+    assert "--PARR True needs --conditional True" in usage_error(capsys, ["--resume", path, "--PARR", "True"])
+    assert "differs from the checkpoint's False" in usage_error(capsys, ["--resume", path, "--conditional", "True"])
+    assert vae.load(path).conditional is False
+    raw = torch.load(path, weights_only=True)
+    del raw["model_args"]["conditional"]  # as a checkpoint saved before the flag existed
+    torch.save(raw, path)
+    assert cli.parse_args(["--resume", path]).settings.conditional is False and vae.load(path).conditional is False
+
+
+def test_a_conditional_denoising_run_restores_with_the_labels(mnist_dir, tmp_path):
+    done = run(*CVAE_2D, "--add_noise", "True", "--num_epochs", "1", "--results_path", tmp_path)
+    assert done.status == 0, done.stderr
+    assert "denoising: mean absolute error" in done.stdout
+
+
+def imports_of(path):
+    """The project's modules a module imports, at its top or inside its functions."""
+    tree = ast.parse(open(path).read())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return names
+
+
+def test_the_modules_import_one_another_without_a_circle():
+    modules = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py"))}
+    graph = {m: imports_of(os.path.join(ROOT, f"{m}.py")) & modules - {m} for m in modules}
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a circle
+    assert order.index("config") < order.index("checkpoint") < order.index("vae") < order.index("training")
+    assert "cli" not in graph["checkpoint"] and "vae" not in graph["checkpoint"]
+    assert not {"cli", "flags", "run_main"} & (graph["vae"] | graph["mnist_data"] | graph["plot_utils"])
+    for m in modules:  # no module over 420 lines
+        assert sum(1 for _ in open(os.path.join(ROOT, f"{m}.py"))) <= 420, m
+
+
+def test_settings_json_records_the_run_and_a_resume_keeps_it_true(tmp_path):
+    folder = tmp_path / "R"
+    assert run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder).status == 0
+    record = json.loads((folder / "settings.json").read_text())
+    assert record["flags"]["num_epochs"] == 1 and record["epochs_finished"] == 1
+    assert record["model"] == {"dim_z": 20, "n_hidden": 64, "keep_prob": 0.9, "conditional": False}
+    assert record["torch"] == torch.__version__ and record["device"] == "cpu"
+    assert record["flags"] == checkpoint.read(str(folder / "checkpoint.pt")).args
+    done = run("--num_epochs", "2", "--learn_rate", "3e-4", "--PRR", "False", "--resume", folder / "checkpoint.pt")
+    assert done.status == 0, done.stderr
+    record = json.loads((folder / "settings.json").read_text())
+    assert (record["flags"]["num_epochs"], record["flags"]["learn_rate"], record["epochs_finished"]) == (2, 3e-4, 2)
+    assert record["flags"]["resume"] == str(folder / "checkpoint.pt")
