@@ -3,6 +3,7 @@ samples, the interpolation's pairs) on the run's device, built once and only for
 their drawing into the results folder."""
 import mnist_data
 import results_folder
+from config import DIM_IMG
 from report import RunError, out_of_memory
 
 
@@ -17,6 +18,8 @@ class Pictures:
         s, test = plan.settings, data.test
         self.folder, self.grids, self.add_noise, self.device = folder, plan.grids, s.add_noise, plan.device
         self.conditional = s.conditional
+        # memory an image takes while decoded: its pixels a few times over and the decoder's hidden units
+        self.bytes_per_image = 4 * (3 * DIM_IMG + 4 * plan.config.n_hidden)
         n_prr = self.grids["PRR"].count
         self.x_prr, self.x_prr_hat, self.y_prr = test.x[:n_prr], test.x_hat[:n_prr], test.y[:n_prr]
         if s.PMLR:
@@ -47,19 +50,30 @@ class Pictures:
             raise RunError(f"out of memory drawing {name} (try a smaller --{what}_n_img_x, --{what}_n_img_y or "
                            f"--{what}_resize_factor)") from None
 
-    def grid(self, grid, name, images, stretch=False):
-        """Write one grid's images as the output name."""
+    def grid(self, grid, name, rows_of, stretch=None):
+        """Write one grid as the output name, drawn a few rows at a time into its 8-bit canvas: rows_of(r0, r1)
+        gives the images of rows r0 to r1 (row-major, on any device), so memory holds the canvas and one chunk.
+        stretch: the (low, high) pixel values drawn as black and white (default 0 and 1)."""
         import plot_utils
-        self.write(name, lambda f: plot_utils.save_grid(f, images.cpu(), grid.n_x, grid.n_y, grid.factor, stretch),
-                   grid.name)
+        step = plot_utils.rows_per_chunk(grid.n_x, grid.factor, self.bytes_per_image)
+
+        def render(f):
+            canvas = plot_utils.Canvas(grid.n_x, grid.n_y, grid.factor)
+            for row in range(0, grid.n_y, step):
+                canvas.paste(row, rows_of(row, min(row + step, grid.n_y)).float().cpu().numpy(), *(stretch or ()))
+            canvas.save(f)
+        self.write(name, render, grid.name)
 
     def save_inputs(self):
         """input.jpg, and input_noise.jpg (stretched min..max to 0..255, as the original drew it)."""
         prr = self.grids["PRR"]
         if prr.on:
-            self.grid(prr, results_folder.INPUT_JPG, self.x_prr)
+            n = prr.n_x
+            self.grid(prr, results_folder.INPUT_JPG, lambda r0, r1: self.x_prr[r0 * n:r1 * n])
             if self.add_noise:
-                self.grid(prr, results_folder.INPUT_NOISE_JPG, self.x_prr_hat, stretch=True)
+                low, high = self.x_prr_hat.min().item(), self.x_prr_hat.max().item()
+                self.grid(prr, results_folder.INPUT_NOISE_JPG, lambda r0, r1: self.x_prr_hat[r0 * n:r1 * n],
+                          stretch=(low, high))
 
     def labels(self, y):
         """The labels= a model is given: y for a conditional model, None for a plain one."""
@@ -73,31 +87,44 @@ class Pictures:
         import plot_utils
         g, name, labels = self.grids, results_folder.picture_name, self.labels
         model.eval()  # no dropout in a picture, also when a resumed model only draws
+        cells = lambda grid, r0, r1: slice(r0 * grid.n_x, r1 * grid.n_x)  # noqa: E731  (a grid's rows, row-major)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if g["PRR"].on:
-                self.grid(g["PRR"], name("PRR", epoch), model.reconstruct(self.x_prr_hat, labels(self.y_prr)))
+                self.grid(g["PRR"], name("PRR", epoch), lambda r0, r1: model.reconstruct(
+                    self.x_prr_hat[cells(g["PRR"], r0, r1)], labels(self.y_prr[cells(g["PRR"], r0, r1)])))
                 between()
             if g["PMLR"].on:
                 for digit in range(mnist_data.NUM_LABELS) if self.conditional else [None]:  # a manifold per digit
-                    self.grid(g["PMLR"], name("PMLR", epoch, digit), model.decode(self.z_grid, digit))
+                    self.grid(g["PMLR"], name("PMLR", epoch, digit),
+                              lambda r0, r1, digit=digit: model.decode(self.z_grid[cells(g["PMLR"], r0, r1)], digit))
                     between()
                 z = model.encode(self.x_pmlr_hat, labels(self.y_pmlr))[0].cpu()
                 self.write(name("PMLR_map", epoch),
                            lambda f: plot_utils.save_scatter(f, z, self.y_pmlr.cpu(), self.limit), "PMLR")
                 between()
             if g["PRS"].on:
-                self.grid(g["PRS"], name("PRS", epoch), model.decode(self.z_prs, labels(self.y_prs)))
+                self.grid(g["PRS"], name("PRS", epoch), lambda r0, r1: model.decode(
+                    self.z_prs[cells(g["PRS"], r0, r1)], labels(self.y_prs[cells(g["PRS"], r0, r1)])))
                 between()
             if g["PARR"].on:  # each row: the image, then its z (the encoder's mean, given its label) as 0 to 9
-                z = model.encode(self.x_parr_hat, self.y_parr)[0]
-                digits = torch.arange(mnist_data.NUM_LABELS, device=self.device).repeat(len(z))
-                styled = model.decode(z.repeat_interleave(mnist_data.NUM_LABELS, 0), digits)
-                self.grid(g["PARR"], name("PARR", epoch),
-                          torch.cat((self.x_parr[:, None], styled.reshape(len(z), mnist_data.NUM_LABELS, -1)), 1))
+                self.grid(g["PARR"], name("PARR", epoch), lambda r0, r1: self.analogies(model, r0, r1))
                 between()
             if g["PIR"].on:  # each row: the first image, the decoded line between the two, the second image
-                path = model.interpolate(*self.pir_inputs, g["PIR"].n_x - 2,
-                                         self.pir_labels if self.conditional else None)
-                first, second = self.pir_ends
-                self.grid(g["PIR"], name("PIR", epoch), torch.cat((first[:, None], path, second[:, None]), 1))
+                self.grid(g["PIR"], name("PIR", epoch), lambda r0, r1: self.interpolations(model, r0, r1))
                 between()
+
+    def analogies(self, model, r0, r1):
+        """PARR's rows r0 to r1: each test image, then its z decoded as the digits 0 to 9."""
+        import torch
+        z = model.encode(self.x_parr_hat[r0:r1], self.y_parr[r0:r1])[0]
+        digits = torch.arange(mnist_data.NUM_LABELS, device=self.device).repeat(len(z))
+        styled = model.decode(z.repeat_interleave(mnist_data.NUM_LABELS, 0), digits)
+        return torch.cat((self.x_parr[r0:r1, None], styled.reshape(len(z), mnist_data.NUM_LABELS, -1)), 1)
+
+    def interpolations(self, model, r0, r1):
+        """PIR's rows r0 to r1: the first image of each pair, the decoded line between the two, the second."""
+        import torch
+        first, second = (x[r0:r1] for x in self.pir_ends)
+        labels = tuple(y[r0:r1] for y in self.pir_labels) if self.conditional else None
+        path = model.interpolate(*(x[r0:r1] for x in self.pir_inputs), self.grids["PIR"].n_x - 2, labels)
+        return torch.cat((first[:, None], path, second[:, None]), 1)

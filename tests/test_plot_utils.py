@@ -97,4 +97,15 @@ def test_grids_write_to_a_file_object(tmp_path):
     buffer.seek(0)
     with Image.open(buffer) as img:
         assert img.format == "JPEG" and img.size == (56, 56)
-    assert plot_utils.grid_bytes(10, 10, 2.0) == 4 * 100 * 56 * 56
+    assert plot_utils.grid_bytes(10, 10, 2.0) == 7 * 100 * 56 * 56 // 4 + plot_utils.CHUNK_BYTES
+
+
+def test_a_canvas_filled_a_few_rows_at_a_time_is_the_grid_drawn_at_once():
+    images = np.random.default_rng(0).random((6 * 5, 784)).astype(np.float32) * 2
+    for factor in (1.0, 1.5):
+        canvas = plot_utils.Canvas(5, 6, factor)
+        for row in range(0, 6, 4):
+            canvas.paste(row, images[row * 5:min(row + 4, 6) * 5], images.min(), images.max())
+        assert np.array_equal(canvas.pixels, plot_utils.merge(images, 5, 6, factor, stretch=True))
+    assert plot_utils.rows_per_chunk(5, 1.0, 10**9) == 1  # at least one row, however large an image
+    assert plot_utils.rows_per_chunk(10, 1.0, 1000) == plot_utils.CHUNK_BYTES // ((1000 + 784) * 10)
