@@ -76,12 +76,12 @@ def test_ctrl_c_while_starting_is_one_line(mnist_dir, tmp_path):
 
 
 def test_a_signal_while_a_resume_only_draws_is_heard(small_run, mnist_dir, tmp_path, monkeypatch):
-    real_grid = plot_utils.save_grid
+    real_save = plot_utils.Canvas.save
 
     def signalled(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)
-        return real_grid(*args, **kwargs)
-    monkeypatch.setattr(plot_utils, "save_grid", signalled)
+        return real_save(*args, **kwargs)
+    monkeypatch.setattr(plot_utils.Canvas, "save", signalled)
     done = run("--num_epochs", "1", "--PRS", "True", "--PRR", "False", *FAST, "--results_path", tmp_path,
                "--resume", small_run / "checkpoint.pt")
     one_line_error(done, 130, f"interrupted while drawing the pictures; {small_run / 'checkpoint.pt'} holds all 1")
