@@ -93,7 +93,7 @@ def test_bad_values_are_one_line_usage_errors(capsys, argv, needle):
 def test_a_picture_larger_than_memory_is_a_usage_error(capsys, monkeypatch):
     monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": 7e9)
     err = usage_error(capsys, ["--PRR_n_img_x", "100", "--PRR_n_img_y", "100", "--PRR_resize_factor", "23"])
-    assert "the PRR picture (64400x64400 pixels) needs about 7.33 GB of memory; 7 GB is available" in err
+    assert "the PRR picture (64400x64400 pixels) needs about 7.32 GB of memory; 7 GB is available" in err
     cli.parse_args(["--PRR_n_img_x", "10", "--PRR_resize_factor", "23"])  # 6440x644 fits
 
 
