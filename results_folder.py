@@ -22,12 +22,14 @@ INPUT_JPG = "input.jpg"
 INPUT_NOISE_JPG = "input_noise.jpg"
 PICTURE_KINDS = ("PRR", "PMLR", "PMLR_map", "PRS", "PARR", "PIR")
 LOCK_NAME = ".run_main.lock"
-# every name a run writes: the fixed ones and the epochs' pictures (a conditional PMLR's one per digit), and
-# nothing else
-OUTPUT_NAME = re.compile("|".join(map(re.escape, (CHECKPOINT, METRICS_CSV, LOSS_PNG, EVALUATION_JSON, SETTINGS_JSON,
-                                                  INPUT_JPG, INPUT_NOISE_JPG)))
-                         + rf"|({'|'.join(PICTURE_KINDS)})_epoch_[0-9]{{2,}}\.jpg|PMLR_epoch_[0-9]{{2,}}_[0-9]\.jpg",
-                         re.ASCII)
+# the running record a resume continues in place (rewritten each epoch); every other output, once written, is kept
+RECORD = (CHECKPOINT, METRICS_CSV, LOSS_PNG, SETTINGS_JSON)
+# every name a run writes, and nothing else: the record, and the kept outputs (the fixed ones and the epochs'
+# pictures, a conditional PMLR's one per digit), each of these also as NAME-N.ext, a later run's different version
+VERSION = r"(-[0-9]+)?"
+OUTPUT_NAME = re.compile(
+    "|".join(map(re.escape, RECORD)) + rf"|evaluation{VERSION}\.json|(input|input_noise"
+    + rf"|({'|'.join(PICTURE_KINDS)})_epoch_[0-9]{{2,}}|PMLR_epoch_[0-9]{{2,}}_[0-9]){VERSION}\.jpg", re.ASCII)
 
 
 def picture_name(kind, epoch, label=None):
@@ -60,10 +62,17 @@ class ResultsFolder:
 
     def write(self, name, render):
         """render(file) into memory, then write the output through a temporary file and a rename: a reader
-        never sees half a file, and a failed write leaves no temporary file and raises RunError."""
+        never sees half a file, and a failed write leaves no temporary file and raises RunError. Only the record
+        is ever replaced: another output whose name is taken keeps its file, and a different version is written
+        as NAME-N.ext (N the next free number; the same bytes are not written twice)."""
         buffer = io.BytesIO()
         render(buffer)
         path = self.file(name)
+        if name not in RECORD and os.path.lexists(path):
+            name = self.version_name(name, buffer.getbuffer())
+            if name is None:
+                return
+            path = self.file(name)
         tmp = f"{path}.tmp"
         try:
             with open(tmp, "wb") as f:
@@ -73,6 +82,21 @@ class ResultsFolder:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
             raise RunError(f"cannot write {path}: {reason(e)}") from None
+
+    def version_name(self, name, data):
+        """The free NAME-N.ext for a different version of the kept output name, or None when name, or one of its
+        versions, already holds these bytes."""
+        stem, ext = os.path.splitext(name)
+        n, candidate = 1, name
+        while os.path.lexists(os.path.join(self.path, candidate)):
+            with contextlib.suppress(OSError):
+                with open(os.path.join(self.path, candidate), "rb") as f:
+                    if f.read() == data:
+                        return None
+            n += 1
+            candidate = f"{stem}-{n}{ext}"
+        say(f"{name} is kept; this run's version is {candidate}")
+        return candidate
 
     def outputs(self):
         """The outputs an earlier run left here, sorted."""

@@ -2,9 +2,12 @@
 checkpoint continues a folder."""
 import errno
 import fcntl
+import json
 import os
 import shutil
 import signal
+
+from PIL import Image
 
 import results_folder
 import run_main
@@ -199,3 +202,28 @@ def test_a_fresh_run_moves_every_picture_of_a_conditional_run_aside(cvae_run, mn
     assert moved == [name for name in before if name not in ("PMLR_epoch_01_33.jpg", results_folder.LOCK_NAME)]
     assert (folder / "PMLR_epoch_01_33.jpg").read_text() == "mine"
     assert not results_folder.is_output("PMLR_epoch_01_33.jpg") and not results_folder.is_output("PARR_epoch_1.jpg")
+
+
+def test_a_run_that_only_draws_keeps_every_picture_and_evaluation_the_folder_had(small_run, tmp_path):
+    folder = tmp_path / "R"
+    shutil.copytree(small_run, folder)
+    first = run("--PRR", "True", "--iw_samples", "2", *FAST, "--resume", folder / "checkpoint.pt")
+    assert first.status == 0, first.stderr
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder) if name != "checkpoint.pt"}
+    assert {"PRR_epoch_00.jpg", "evaluation.json", "input.jpg"} <= set(before)
+    again = run("--PRR", "True", "--PRR_n_img_y", "3", "--iw_samples", "3", *FAST, "--resume", folder / "checkpoint.pt")
+    assert again.status == 0, again.stderr
+    for name, data in before.items():
+        if name not in results_folder.RECORD:
+            assert (folder / name).read_bytes() == data, name  # kept as it was
+    for name in ("PRR_epoch_00", "input"):
+        assert f"{name}.jpg is kept; this run's version is {name}-2.jpg" in again.stdout
+        with Image.open(folder / f"{name}-2.jpg") as drawn:
+            assert drawn.size == (280, 84)  # the new grid, three rows
+    assert json.loads((folder / "evaluation-2.json").read_text())["K"] == 3
+    same = run("--PRR", "True", "--PRR_n_img_y", "3", *FAST, "--resume", folder / "checkpoint.pt")
+    assert same.status == 0 and "is kept" not in same.stdout  # the same pictures again: nothing new
+    assert not (folder / "PRR_epoch_00-3.jpg").exists()
+    fresh = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
+    assert fresh.status == 0 and {"PRR_epoch_00-2.jpg", "evaluation-2.json"} <= set(
+        os.listdir(folder / "previous_run_1"))  # the versions move aside with the run they belong to
