@@ -9,7 +9,6 @@ import hashlib
 import io
 import math
 import os
-import stat
 import warnings
 import zipfile
 from typing import NamedTuple
@@ -19,6 +18,7 @@ import torch
 import flags
 import hardware
 from config import VAEConfig
+from report import what_is
 
 FORMAT = "pytorch-mnist-vae checkpoint 1"
 KEYS = ("format", "model_args", "model", "optimizer", "epoch", "best_loss", "history", "args", "rng")
@@ -67,19 +67,6 @@ def bad_record(data):
         return "header"
 
 
-def what_is(path):
-    """What a path that is not a regular file is, in words: nothing, a named pipe, a socket, a device..."""
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return "not there (no such file)" if not os.path.islink(path) else "a broken symbolic link"
-    except OSError as e:
-        return f"unreadable ({(e.strerror or str(e)).lower()})"
-    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder")):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def read(path):

@@ -13,7 +13,8 @@ import mnist_data
 import plot_utils
 from config import VAEConfig
 from flags import DEFAULTS, FLAG, FLAGS, Settings, on_resume, problem
-from report import PROG, say
+from report import PROG, say, what_is
+from results_folder import is_output
 
 
 class Grid(NamedTuple):
@@ -182,6 +183,23 @@ def check_values(s, checkpoint):
                          "sampled log q whose score term DReG removes)")
     if os.path.exists(s.results_path) and not os.path.isdir(s.results_path):
         raise UsageError(f"--results_path {s.results_path} is an existing file, not a folder")
+    if os.path.isdir(s.results_path):
+        check_outputs_are_files(s.results_path)
+
+
+def check_outputs_are_files(path):
+    """A usage error for an entry of the results folder that has the name of a file the run writes (or of its
+    temporary file) and is not a file: a folder named checkpoint.pt would stop the run only after an epoch."""
+    try:
+        names = os.listdir(path)
+    except OSError as e:
+        raise UsageError(f"cannot read --results_path {path}: {(e.strerror or str(e)).lower()}") from None
+    for name in sorted(names):
+        entry = os.path.join(path, name)
+        if (is_output(name) or (name.endswith(".tmp") and is_output(name[:-4]))) \
+                and not (os.path.islink(entry) or os.path.isfile(entry)):
+            raise UsageError(f"--results_path {path}: {name} in it is {what_is(entry)}, where the run writes a "
+                             f"file; move it away")
 
 
 def check_pictures(s, grids):

@@ -3,6 +3,7 @@ status. No torch here."""
 import contextlib
 import io
 import os
+import stat
 import sys
 
 PROG = "run_main.py"
@@ -70,3 +71,18 @@ def duration(seconds):
     if seconds < 90:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def what_is(path):
+    """What a path that is not a regular file is, in words: nothing, a named pipe, a socket, a device..."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "not there (no such file)" if not os.path.islink(path) else "a broken symbolic link"
+    except OSError as e:
+        return f"unreadable ({(e.strerror or str(e)).lower()})"
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"

@@ -43,6 +43,10 @@ def is_output(name):
     return OUTPUT_NAME.fullmatch(name) is not None
 
 
+class WriteError(RunError):
+    """An output could not be written (a full disk, a read-only folder)."""
+
+
 def reason(e):
     """An OSError's reason, as a message's lower-case tail."""
     return (e.strerror or str(e)).lower()
@@ -81,7 +85,7 @@ class ResultsFolder:
         except OSError as e:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
-            raise RunError(f"cannot write {path}: {reason(e)}") from None
+            raise WriteError(f"cannot write {path}: {reason(e)}") from None
 
     def version_name(self, name, data):
         """The free NAME-N.ext for a different version of the kept output name, or None when name, or one of its

@@ -47,6 +47,7 @@ def main(argv=None, script="run_main.py"):
             SIGNALS.writing()  # from here a signal stops the run at its next safe point, never mid-write
             with results_folder.results_folder(settings.results_path, settings.resume) as folder:
                 check_still_the_checkpoint_read(plan, folder)
+                announce_resume(plan, run)
                 pictures = Pictures(plan, data, folder)
                 pictures.save_inputs()
                 train(settings, run, data, pictures)
@@ -65,7 +66,9 @@ def main(argv=None, script="run_main.py"):
             kept = f"the last good checkpoint is {saved}" if saved else "no epoch finished"
             fail(f"non-finite {e.what} in {e.phase} (try a smaller --learn_rate); {kept}", 1)
         except RunError as e:  # a failed write, a busy folder, a bad batch size or checkpoint
-            fail(str(e), e.status)
+            saved = saved_checkpoint(plan, run, folder) if isinstance(e, results_folder.WriteError) else None
+            command = signals.resume_command(script, argv, saved, signals.python_command()) if saved else None
+            fail(f"{e}; {saved} holds {run.epoch} epochs; continue with: {command}" if saved else str(e), e.status)
         except (MemoryError, RuntimeError) as e:
             if not out_of_memory(e):
                 raise
@@ -154,6 +157,15 @@ def build_run(plan, data):
             model.init_output_bias(data.train_x.mean(0))
         return Run(model, training.adam(model, s.learn_rate))
     model, optimizer = training.restore(ck, plan.device, s.learn_rate)
+    return Run(model, optimizer, ck.epoch, ck.best_loss, [dict(row) for row in ck.history], ck.epoch)
+
+
+def announce_resume(plan, run):
+    """What a resumed run continues from and changes, said once it holds the results folder."""
+    import training
+    s, ck = plan.settings, plan.checkpoint
+    if ck is None:
+        return
     say(f"resumed from {s.resume} after {ck.epoch} epochs")
     for line in plan.changed:
         say(line)
@@ -163,7 +175,6 @@ def build_run(plan, data):
         was = training.learning_rate(ck.epoch, planned, before["learn_rate"], before["lr_min"], before["lr_schedule"])
         say(f"the cosine schedule now runs over {s.num_epochs} epochs (the checkpoint's run planned {planned}): "
             f"epoch {ck.epoch} trains at {learning_rate(s, ck.epoch):.3g} where it would have at {was:.3g}")
-    return Run(model, optimizer, ck.epoch, ck.best_loss, [dict(row) for row in ck.history], ck.epoch)
 
 
 # ---- train
@@ -213,24 +224,27 @@ def train(s, run, data, pictures):
 
 
 def save_epoch(s, run, pictures, figures, seconds):
-    """metrics.csv, loss.png, the pictures after a new best training loss or the last epoch, checkpoint.pt."""
+    """checkpoint.pt, metrics.csv, loss.png, the pictures after a new best training loss or the last epoch, and
+    settings.json."""
     import checkpoint
     import plot_utils
     train_figures, test_figures = figures
     epoch, folder = run.epoch, pictures.folder
-    run.history.append({"epoch": epoch, **{f"train_{k}": v for k, v in train_figures._asdict().items()},
-                        **{f"test_{k}": v for k, v in test_figures._asdict().items()}, "seconds": seconds})
+    history = run.history + [{"epoch": epoch, **{f"train_{k}": v for k, v in train_figures._asdict().items()},
+                              **{f"test_{k}": v for k, v in test_figures._asdict().items()}, "seconds": seconds}]
+    draw = train_figures.loss < run.best_loss or epoch + 1 == s.num_epochs
+    best_loss = min(run.best_loss, train_figures.loss)
+    # the checkpoint first: the other files never list an epoch it lacks (after a full disk, say)
+    folder.write(results_folder.CHECKPOINT, lambda f: checkpoint.save(
+        f, run.model, run.optimizer, epoch=epoch + 1, best_loss=best_loss, history=history,
+        args=dataclasses.asdict(s), rng=checkpoint.rng_state(pictures.device)))
+    run.epoch, run.best_loss, run.history = epoch + 1, best_loss, history
     folder.write(results_folder.METRICS_CSV, render_metrics(run.history))
     folder.write(results_folder.LOSS_PNG, lambda f: plot_utils.save_loss_curve(
         f, [r["epoch"] for r in run.history], [r["train_loss"] for r in run.history],
         [r["test_loss"] for r in run.history]))
-    if train_figures.loss < run.best_loss or epoch + 1 == s.num_epochs:
-        run.best_loss = min(run.best_loss, train_figures.loss)
+    if draw:
         pictures.save(run.model, epoch)
-    run.epoch = epoch + 1
-    folder.write(results_folder.CHECKPOINT, lambda f: checkpoint.save(
-        f, run.model, run.optimizer, epoch=run.epoch, best_loss=run.best_loss, history=run.history,
-        args=dataclasses.asdict(s), rng=checkpoint.rng_state(pictures.device)))
     folder.write(results_folder.SETTINGS_JSON, render_settings(s, run, pictures.device))
 
 

@@ -7,11 +7,12 @@ import os
 import shutil
 import signal
 
+import pytest
 from PIL import Image
 
 import results_folder
 import run_main
-from conftest import FAST, failing_open, metrics, one_line_error, run, saved_epoch
+from conftest import FAST, edited, epochs_printed, failing_open, metrics, one_line_error, run, saved_epoch, set_field
 
 
 def test_a_fresh_run_moves_an_earlier_run_aside(first_run, mnist_dir, tmp_path):
@@ -37,7 +38,7 @@ def test_a_fresh_run_moves_an_earlier_run_aside(first_run, mnist_dir, tmp_path):
     assert (folder / "PRR_epoch_01.jpg.bak").read_text() == "mine too"
 
 
-def test_a_locked_folder_stops_a_second_run(mnist_dir, tmp_path):
+def test_a_locked_folder_stops_a_second_run(small_run, tmp_path):
     folder = tmp_path / "results"
     folder.mkdir()
     with open(folder / results_folder.LOCK_NAME, "a") as held:
@@ -45,6 +46,12 @@ def test_a_locked_folder_stops_a_second_run(mnist_dir, tmp_path):
         done = run("--num_epochs", "1", *FAST, "--results_path", folder)
     one_line_error(done, 1, f"another run is writing to {folder}")
     assert sorted(os.listdir(folder)) == [results_folder.LOCK_NAME]
+    shutil.copy(small_run / "checkpoint.pt", folder / "checkpoint.pt")
+    with open(folder / results_folder.LOCK_NAME, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = run("--num_epochs", "2", *FAST, "--resume", folder / "checkpoint.pt")
+    one_line_error(done, 1, f"another run is writing to {folder}")
+    assert done.stdout == ""  # nothing said about resuming a run it cannot continue
     done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
     assert done.status == 0, done.stderr  # released with the file: a dead run leaves no lock behind
 
@@ -65,9 +72,12 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_checkpoint(mnist_dir, t
     failing_open(monkeypatch, lambda p: p.endswith("checkpoint.pt.tmp") and writes.append(p) or len(writes) > 1,
                  OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
     done = run("--num_epochs", "3", *FAST, "--results_path", folder)
-    one_line_error(done, 1, f"cannot write {folder / 'checkpoint.pt'}: no space left on device")
+    one_line_error(done, 1, f"cannot write {folder / 'checkpoint.pt'}: no space left on device; "
+                            f"{folder / 'checkpoint.pt'} holds 1 epochs; continue with: ")
     assert not [n for n in os.listdir(folder) if n.endswith(".tmp")]
     assert saved_epoch(folder) == 1  # epoch 1's checkpoint failed; epoch 0's stays
+    assert [r["epoch"] for r in metrics(folder)] == ["0"]  # the files agree with the checkpoint
+    assert "PRR_epoch_01.jpg" not in os.listdir(folder)
 
 
 def test_a_read_only_folder_is_one_line(mnist_dir, tmp_path, monkeypatch):
@@ -227,3 +237,21 @@ def test_a_run_that_only_draws_keeps_every_picture_and_evaluation_the_folder_had
     fresh = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
     assert fresh.status == 0 and {"PRR_epoch_00-2.jpg", "evaluation-2.json"} <= set(
         os.listdir(folder / "previous_run_1"))  # the versions move aside with the run they belong to
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "metrics.csv.tmp", "PRR_epoch_00.jpg", "settings.json"])
+def test_an_entry_with_an_outputs_name_that_is_no_file_stops_the_run_before_any_work(tmp_path, name):
+    folder = tmp_path / "results"
+    (folder / name).mkdir(parents=True)
+    done = run("--num_epochs", "1", *FAST, "--results_path", folder)
+    one_line_error(done, 2, f"--results_path {folder}: {name} in it is a folder, where the run writes a file")
+    assert os.listdir(folder) == [name]  # as it was: no lock file, nothing moved
+
+
+def test_a_resume_without_num_epochs_finishes_the_checkpoints_plan(small_run, tmp_path):
+    planned = edited(small_run / "checkpoint.pt", set_field("args", "num_epochs", value=3),
+                     tmp_path / "R" / "checkpoint.pt")
+    done = run("--PRR", "False", *FAST, "--resume", planned)
+    assert done.status == 0 and epochs_printed(done.stdout) == [1, 2], done
+    done = run("--PRR", "False", *FAST, "--resume", planned)  # finished: it only draws and evaluates
+    assert done.status == 0 and epochs_printed(done.stdout) == [] and saved_epoch(planned.parent) == 3
