@@ -75,6 +75,8 @@ def read(path):
     the file describes, built on the meta device."""
     if os.path.isdir(path):
         raise ValueError(f"{path} is a folder; give the checkpoint file in it ({os.path.join(path, 'checkpoint.pt')})")
+    if not os.path.lexists(path):
+        raise ValueError(f"no such file: {path}")
     if not os.path.isfile(path):
         raise ValueError(f"{path} is {what_is(path)}, not a checkpoint file")
     try:

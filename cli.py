@@ -177,7 +177,7 @@ def resumed_values(given, checkpoint):
 def check_values(s, checkpoint):
     """Usage errors for values that depend on one another or on the file system."""
     if s.lr_min > s.learn_rate:
-        raise UsageError(f"--lr_min must be from 0 to --learn_rate {s.learn_rate:g} (got {s.lr_min:g})")
+        raise UsageError(f"--lr_min must be from 0 to --learn_rate {s.learn_rate!r} (got {s.lr_min!r})")
     if s.iw_gradient == "dreg" and s.iw_train == 1:
         raise UsageError("--iw_gradient dreg needs --iw_train K > 1 (the -ELBO's KL is in closed form: there is no "
                          "sampled log q whose score term DReG removes)")

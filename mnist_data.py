@@ -8,6 +8,8 @@ import io
 import os
 from collections import namedtuple
 
+from report import what_is
+
 IMAGE_SIZE = 28
 VALIDATION_SIZE = 5000  # the first 5,000 training images, as the original
 TEST_SIZE = 10000  # MNIST's test images
@@ -84,11 +86,14 @@ def load_mnist(data_dir, device, binarize=False):
     binarize: the test and validation images are binarized once with BINARIZE_SEED; the training images
     stay grey, to be binarized afresh in every batch.
     """
+    for folder in (data_dir, os.path.join(data_dir, "MNIST"), raw_folder(data_dir)):
+        if os.path.lexists(folder) and not os.path.isdir(folder):
+            raise MNISTError(f"{folder} is {what_is(folder)}, not a folder; --data_dir names the folder holding "
+                             f"MNIST/raw")
     for name, _, _ in FILES:
         path = os.path.join(raw_folder(data_dir), name)
         if os.path.lexists(path) and not os.path.isfile(path):
-            raise MNISTError(f"{path} is not a regular file (a folder, a link to nothing, a pipe); replace it with "
-                             f"the original file")
+            raise MNISTError(f"{path} is {what_is(path)}, not an IDX file; replace it with the original file")
     if _missing(data_dir):
         _download(data_dir)
     counts = [check_idx(os.path.join(raw_folder(data_dir), name), magic, ndim) for name, magic, ndim in FILES]

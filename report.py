@@ -74,15 +74,15 @@ def duration(seconds):
 
 
 def what_is(path):
-    """What a path that is not a regular file is, in words: nothing, a named pipe, a socket, a device..."""
+    """What a path is, in words: a file, a folder, a named pipe, a socket, a device, a symbolic link to nothing."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        return "not there (no such file)" if not os.path.islink(path) else "a broken symbolic link"
+        return "a symbolic link to nothing" if os.path.islink(path) else "not there"
     except OSError as e:
         return f"unreadable ({(e.strerror or str(e)).lower()})"
     for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
-                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder")):
+                       (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a file")):
         if test(mode):
             return name
     return "not a regular file"

@@ -1,7 +1,11 @@
 """checkpoint.py: what a checkpoint must be to be read, the copies the run gets, and restoring from it."""
+import io
 import os
+import pathlib
 import re
+import struct
 import time
+import zipfile
 
 import pytest
 import torch
@@ -267,3 +271,34 @@ def test_a_checkpoints_saved_flags_are_checked_as_flags_are(tmp_path, capsys, na
     torch.save(raw, path)
     err = usage_error(capsys, ["--resume", path, "--num_epochs", "3"])
     assert f"is a damaged checkpoint (bad args {name}: must be" in err and err.count("\n") == 1, err
+
+
+def test_a_flipped_byte_anywhere_in_the_file_is_refused(good, tmp_path):
+    """The zip's CRC of every record is checked: a weight or a moment of Adam changed by one byte is refused,
+    though torch.load would read it."""
+    data = pathlib.Path(good[0]).read_bytes()
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        records = {info.filename: info for info in z.infolist()}
+    weight = next(i for name, i in records.items() if name.endswith("/data/0"))  # the first tensor's bytes
+    last = max(records.values(), key=lambda i: i.header_offset)  # the last tensor: Adam's state
+    for info in (weight, last):
+        name_length, extra_length = struct.unpack("<HH", data[info.header_offset + 26:info.header_offset + 30])
+        start = info.header_offset + 30 + name_length + extra_length  # the record's bytes (stored, uncompressed)
+        flipped = bytearray(data)
+        flipped[start + info.file_size // 2] ^= 0x01
+        path = tmp_path / "flipped.pt"
+        path.write_bytes(flipped)
+        torch.load(path, weights_only=True)  # torch reads it
+        with pytest.raises(ValueError, match=f"is corrupt: its record .*{re.escape(info.filename.split('/')[-1])} "
+                                             "fails its checksum"):
+            checkpoint.read(path)
+
+
+def test_a_path_that_is_not_a_file_is_named_as_what_it_is(tmp_path):
+    os.mkfifo(tmp_path / "pipe.pt")
+    os.symlink(tmp_path / "nothing", tmp_path / "dangling.pt")
+    for name, what in (("pipe.pt", "a named pipe"), ("dangling.pt", "a symbolic link to nothing")):
+        with pytest.raises(ValueError, match=f"{name} is {what}, not a checkpoint file"):
+            checkpoint.read(str(tmp_path / name))
+    with pytest.raises(ValueError, match="no such file"):
+        checkpoint.read(str(tmp_path / "absent.pt"))

@@ -13,7 +13,7 @@ import config
 import flags
 import hardware
 from config import VAEConfig
-from conftest import ROOT, run_cli, usage_error
+from conftest import ROOT, one_line_error, run, run_cli, usage_error
 
 SEED_DEFAULTS = dict(dim_z=20, results_path="results", add_noise=False, n_hidden=500, learn_rate=1e-3,
                      num_epochs=20, batch_size=128, PRR=True, PRR_n_img_x=10, PRR_n_img_y=10,
@@ -214,3 +214,17 @@ def test_the_analogy_and_interpolation_grids_count_their_fixed_columns():
                             "--PARR_n_img_y", "3"]).grids
     assert (grids["PARR"].n_x, grids["PARR"].n_y) == (11, 3)
     assert (grids["PIR"].n_x, grids["PIR"].n_y) == (8, 10)
+
+
+@pytest.mark.parametrize("argv", [["--num_epochs", "١٢"], ["--dim_z", "2_0"], ["--learn_rate", "１e-3"],
+                                  ["--seed", "٣"]])
+def test_numbers_are_read_in_ascii_digits_only(capsys, argv):
+    err = usage_error(capsys, argv)
+    assert f"in ASCII digits, got {argv[1]!r}" in err and err.count("\n") == 1
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_one(tmp_path):
+    (tmp_path / "data").write_text("not a folder")
+    done = run("--num_epochs", "1", "--data_dir", tmp_path / "data", "--results_path", tmp_path / "R")
+    one_line_error(done, 1, f"{tmp_path / 'data'} is a file, not a folder; --data_dir names the folder holding")
+    assert not (tmp_path / "R").exists()

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import inputs
 import vae
 from config import VAEConfig
 from conftest import conditional, images
@@ -85,3 +86,19 @@ def test_float64_images_are_accepted_as_float32():
     x = images(3)
     assert torch.equal(model.encode(x.double())[0], model.encode(x)[0])
     assert model.reconstruct(x.double()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", ["xla", "xpu", "hpu", "lazy", "ipu", "meta", "mtia", "privateuseone", "vulkan"])
+def test_a_device_torch_knows_but_the_model_does_not_run_on_is_a_value_error(device):
+    with pytest.raises(ValueError, match="expected a device such as 'cpu' or 'cuda'"):
+        inputs.as_device(device)
+
+
+def test_devices_the_model_runs_on():
+    assert inputs.as_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            inputs.as_device("cuda:0")
+    else:
+        with pytest.raises(ValueError, match="CUDA devices"):
+            inputs.as_device(f"cuda:{torch.cuda.device_count()}")

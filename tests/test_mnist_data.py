@@ -180,5 +180,5 @@ def test_a_folder_in_place_of_a_data_file_is_named(mnist_dir, tmp_path):
     target = os.path.join(mnist_data.raw_folder(str(data)), "t10k-labels-idx1-ubyte")
     os.remove(target)
     os.mkdir(target)
-    with pytest.raises(mnist_data.MNISTError, match=re.escape(f"{target} is not a regular file")):
+    with pytest.raises(mnist_data.MNISTError, match=re.escape(f"{target} is a folder, not an IDX file")):
         mnist_data.load_mnist(str(data), torch.device("cpu"))
