@@ -13,6 +13,11 @@ Glossary
 
 torch is imported after the command line is parsed (cli.py imports none), so --help and usage errors are instant.
 """
+import signals  # first, and its handlers at once: a Ctrl-C while the modules below import is one line too
+
+if __name__ == "__main__":
+    signals.SIGNALS.stop_at_once()
+
 import csv
 import dataclasses
 import io
@@ -25,7 +30,6 @@ from typing import NamedTuple
 import cli
 import mnist_data
 import results_folder
-import signals
 from flags import DEFAULTS
 from pictures import Pictures
 from report import NonFinite, RunError, duration, fail, out_of_memory, quiet_stdout, say

@@ -52,6 +52,11 @@ class Signals:
             for s, handler in previous.items():
                 signal.signal(s, handler)
 
+    def stop_at_once(self):
+        """From now on until caught() takes over, a signal ends the process at once with its one line."""
+        for s in EXIT_SIGNALS:
+            signal.signal(s, self.handle)
+
     def handle(self, signum, frame):
         self.received = signum
         if self.at_once:  # nothing is written yet: end here, never raising through the code that was running

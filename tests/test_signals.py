@@ -63,16 +63,25 @@ def test_a_real_process_survives_a_full_standard_output_and_stops_on_a_signal_wi
     assert f"continue with: {shlex.join([signals.python_command(), script])} " in error
 
 
-def test_ctrl_c_while_starting_is_one_line(mnist_dir, tmp_path):
-    child = subprocess.Popen([sys.executable, os.path.join(ROOT, "run_main.py"), "--num_epochs", "1", *FAST,
-                              "--results_path", tmp_path / "R"],
-                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # torch is still importing: it takes seconds on a 2-core CPU
-    child.send_signal(signal.SIGINT)
-    stdout, stderr = child.communicate(timeout=60)
-    assert child.returncode == 130, stderr
-    assert stderr.startswith("run_main.py: error: interrupted") and stderr.count("\n") == 1, stderr
-    assert not (tmp_path / "R" / "checkpoint.pt").exists()
+MOMENTS = (0.4, 0.6, 0.9, 1.3, 1.8, 2.5)  # seconds: importing torch, reading the data, training
+
+
+def test_ctrl_c_at_any_moment_of_the_start_is_one_line_never_a_traceback(tmp_path):
+    children = []
+    for i, moment in enumerate(MOMENTS):
+        children.append((moment, subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, "run_main.py"),
+             *with_data(["--num_epochs", "100", "--PRR", "False", *FAST, "--results_path", tmp_path / str(i)])],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    started = time.monotonic()
+    for moment, child in children:
+        time.sleep(max(0.0, started + moment - time.monotonic()))
+        child.send_signal(signal.SIGINT)
+    for moment, child in children:
+        _, stderr = child.communicate(timeout=120)
+        assert child.returncode == 130, (moment, stderr)
+        assert stderr.startswith("run_main.py: error: interrupted") and stderr.count("\n") == 1, (moment, stderr)
+    assert not (tmp_path / "0" / "checkpoint.pt").exists()
 
 
 def test_a_signal_while_a_resume_only_draws_is_heard(small_run, mnist_dir, tmp_path, monkeypatch):
@@ -84,7 +93,8 @@ def test_a_signal_while_a_resume_only_draws_is_heard(small_run, mnist_dir, tmp_p
     monkeypatch.setattr(plot_utils.Canvas, "save", signalled)
     done = run("--num_epochs", "1", "--PRS", "True", "--PRR", "False", *FAST, "--results_path", tmp_path,
                "--resume", small_run / "checkpoint.pt")
-    one_line_error(done, 130, f"interrupted while drawing the pictures; {small_run / 'checkpoint.pt'} holds all 1")
+    one_line_error(done, 130, f"interrupted while drawing the pictures; {small_run / 'checkpoint.pt'} holds all 1 "
+                              f"epochs; continue with: ")
 
 
 def test_a_second_signal_after_the_message_adds_no_line(capsys):
@@ -109,7 +119,10 @@ def test_an_evaluation_announces_its_time_and_stops_on_a_signal(small_run, mnist
     monkeypatch.setattr(vae, "iw_log_likelihood", signalled)
     done = run("--num_epochs", "1", "--PRR", "False", "--iw_samples", "1000000000", *FAST, "--resume",
                small_run / "checkpoint.pt", "--results_path", tmp_path / "eval")
-    one_line_error(done, 143, "interrupted in the final evaluation")
+    saved = small_run / "checkpoint.pt"
+    one_line_error(done, 143, f"interrupted in the final evaluation; {saved} holds all 1 epochs; continue with: ")
+    command = shlex.split(done.stderr.split("continue with: ")[1])
+    assert command[-2:] == ["--resume", str(saved)] and "--iw_samples" in command
 
 
 def test_resume_command_names_the_script_as_run():
