@@ -19,6 +19,7 @@ if [ "$device" = cuda ]; then
 else
     epochs=2 bf16_epochs=1 iw_samples=20 timed_epochs=2 tests="device and cpu"
 fi
+tests=${GPU_CHECK_TESTS:-$tests}  # the pytest -k expression (a quick check of the script narrows it)
 rows=()
 now() { date +%s.%N; }
 elapsed() { "$py" -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }

@@ -39,7 +39,7 @@ runs, data_dir = sys.argv[1:]
 data = mnist_data.load_mnist(data_dir, torch.device("cpu"))
 train_x = mnist_data.bernoulli(data.train_x[:1000], torch.Generator().manual_seed(mnist_data.BINARIZE_SEED))
 print("\n| run | objective | n_hidden | dim_z | keep_prob | epochs | training minutes | test -ELBO "
-      "| test NLL, K=5000 | NLL of 1,000 training images, K=5000 |")
+      "| test NLL, K=5000 | NLL of 1,000 training images, same K |")
 print("|---|---|---|---|---|---|---|---|---|---|")
 for name in ("original", "vae", "iwae", "iwae_100", "dreg_100", "dreg"):
     folder = os.path.join(runs, name)
@@ -51,7 +51,7 @@ for name in ("original", "vae", "iwae", "iwae_100", "dreg_100", "dreg"):
     k, gradient = saved.get("iw_train", 1), saved.get("iw_gradient", "iwae")
     model = vae.load(os.path.join(folder, "checkpoint.pt"))
     torch.manual_seed(0)
-    train_nll = -vae.mean_log_likelihood(model, train_x, train_x, 5000)
+    train_nll = -vae.mean_log_likelihood(model, train_x, train_x, evaluation["K"])
     minutes = sum(float(r["seconds"]) for r in rows) / 60
     print(f"| {name} | {'-ELBO' if k == 1 else f'IWAE, K = {k}' + (', DReG' if gradient == 'dreg' else '')} | {model.n_hidden} | {model.dim_z} "
           f"| {model.keep_prob} | {len(rows)} | {minutes:.0f} | {float(rows[-1]['test_loss']):.2f} "

@@ -11,15 +11,16 @@ run vae_dim_z_2 --dim_z 2 --num_epochs 60 --iw_samples 1000
 run cvae_dim_z_20 --conditional True --dim_z 20 --num_epochs 60 --PARR True --PIR True --PRS True --iw_samples 1000
 run vae_dim_z_20 --dim_z 20 --num_epochs 60 --PIR True --iw_samples 1000
 
+mkdir -p "$pictures"
 for digit in 2 5 8; do
-    cp "$runs/cvae_dim_z_2/PMLR_epoch_59_$digit.jpg" "res/cvae_dim_2_mf_$digit.jpg"
+    cp "$(last cvae_dim_z_2 PMLR "_$digit")" "$pictures/cvae_dim_2_mf_$digit.jpg"
 done
-cp "$runs/cvae_dim_z_2/PMLR_map_epoch_59.jpg" res/cvae_dim_2_cluster.jpg
-cp "$runs/cvae_dim_z_2/PARR_epoch_59.jpg" res/cvae_dim_2_analogies.jpg
-cp "$runs/cvae_dim_z_20/PARR_epoch_59.jpg" res/cvae_dim_20_analogies.jpg
-cp "$runs/cvae_dim_z_20/PIR_epoch_59.jpg" res/cvae_dim_20_interpolation.jpg
-cp "$runs/cvae_dim_z_20/PRS_epoch_59.jpg" res/cvae_dim_20_random.jpg
-cp "$runs/vae_dim_z_20/PIR_epoch_59.jpg" res/dim_20_interpolation.jpg
+cp "$(last cvae_dim_z_2 PMLR_map)" "$pictures/cvae_dim_2_cluster.jpg"
+cp "$(last cvae_dim_z_2 PARR)" "$pictures/cvae_dim_2_analogies.jpg"
+cp "$(last cvae_dim_z_20 PARR)" "$pictures/cvae_dim_20_analogies.jpg"
+cp "$(last cvae_dim_z_20 PIR)" "$pictures/cvae_dim_20_interpolation.jpg"
+cp "$(last cvae_dim_z_20 PRS)" "$pictures/cvae_dim_20_random.jpg"
+cp "$(last vae_dim_z_20 PIR)" "$pictures/dim_20_interpolation.jpg"
 
 "$py" - "$runs" <<'PY'
 import csv, json, os, platform, sys

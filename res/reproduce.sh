@@ -16,18 +16,19 @@ run denoising --dim_z 20 --add_noise True --num_epochs 40
 # the paper's Figure 4 grid from the same trained 2-D model: no training, only the pictures
 run dim_z_2_gaussian --resume "$runs/dim_z_2_pmlr/checkpoint.pt" --num_epochs 60 --PMLR True --PMLR_grid gaussian
 
-cp "$runs/dim_z_20/input.jpg" res/input.jpg
+mkdir -p "$pictures"
+cp "$runs/dim_z_20/input.jpg" "$pictures/input.jpg"
 for n in 2 5 10 20; do
-    cp "$runs/dim_z_$n/PRR_epoch_59.jpg" "res/dim_${n}_sample.jpg"
-    cp "$runs/dim_z_$n/PRS_epoch_59.jpg" "res/dim_${n}_random.jpg"
+    cp "$(last "dim_z_$n" PRR)" "$pictures/dim_${n}_sample.jpg"
+    cp "$(last "dim_z_$n" PRS)" "$pictures/dim_${n}_random.jpg"
 done
-cp "$runs/denoising/input_noise.jpg" res/input_noise.jpg
-cp "$runs/denoising/PRR_epoch_39.jpg" res/denoising.jpg
-cp "$runs/dim_z_2_pmlr/PMLR_epoch_59.jpg" res/dim_2_mf.jpg
-cp "$runs/dim_z_2_pmlr/PMLR_map_epoch_59.jpg" res/dim_2_cluster.jpg
-cp "$runs/dim_z_2_gaussian/PMLR_epoch_59.jpg" res/dim_2_mf_gaussian.jpg
-cp "$runs/dim_z_2_gaussian/PMLR_map_epoch_59.jpg" res/dim_2_cluster_gaussian.jpg
-cp "$runs/dim_z_20/loss.png" res/loss.png
+cp "$runs/denoising/input_noise.jpg" "$pictures/input_noise.jpg"
+cp "$(last denoising PRR)" "$pictures/denoising.jpg"
+cp "$(last dim_z_2_pmlr PMLR)" "$pictures/dim_2_mf.jpg"
+cp "$(last dim_z_2_pmlr PMLR_map)" "$pictures/dim_2_cluster.jpg"
+cp "$(last dim_z_2_gaussian PMLR)" "$pictures/dim_2_mf_gaussian.jpg"
+cp "$(last dim_z_2_gaussian PMLR_map)" "$pictures/dim_2_cluster_gaussian.jpg"
+cp "$runs/dim_z_20/loss.png" "$pictures/loss.png"
 
 "$py" - "$runs" <<'EOF'
 import csv, json, os, platform, sys
@@ -45,5 +46,5 @@ for n in (2, 5, 10, 20):
 noise = json.load(open(os.path.join(runs, "denoising", "evaluation.json")))
 kl = [float(row["test_divergence"]) for row in csv.DictReader(open(os.path.join(runs, "denoising", "metrics.csv")))]
 print(f"\ndenoising, mean absolute error to the clean test images: noisy input {noise['mae_noisy']:.4f}, "
-      f"restored {noise['mae_restored']:.4f}; test KL at epochs 1-3: {kl[1]:.2f}, {kl[2]:.2f}, {kl[3]:.2f}")
+      f"restored {noise['mae_restored']:.4f}; test KL at epochs 1-3: {', '.join(f'{d:.2f}' for d in kl[1:4])}")
 EOF

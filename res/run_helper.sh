@@ -1,13 +1,17 @@
-# Sourced first by res/reproduce.sh and res/benchmark_nll.sh:
+# Sourced first by res/reproduce.sh, res/conditional.sh and res/benchmark_nll.sh:
 #   source "$(dirname "$0")/run_helper.sh" DEFAULT_RUNS_DIR "$@"
 # Sets data (the script's DATA_DIR, which holds MNIST/raw; default data; a relative path is taken from
-# the repository root), runs (its RUNS_DIR, else DEFAULT_RUNS_DIR) and py (python, or $PYTHON); moves
-# to the repository root; clears the logs and times a previous invocation left in the runs folder;
-# defines run.
+# the repository root), runs (its RUNS_DIR, else DEFAULT_RUNS_DIR), pictures (where the pictures are copied:
+# res, or $RES_DIR) and py (python, or $PYTHON); moves to the repository root; clears the logs and times a
+# previous invocation left in the runs folder; defines run and last.
+# RUN_ARGS: flags appended to every run (the last of a repeated flag wins), for a quick check of a script:
+#   RUN_ARGS="--num_epochs 1 --n_hidden 16 --iw_samples 2" RES_DIR=/tmp/res bash res/reproduce.sh data /tmp/runs
 set -euo pipefail
 data=${2:-data}
 runs=${3:-$1}
 py=${PYTHON:-python}
+pictures=${RES_DIR:-res}
+read -r -a extra <<< "${RUN_ARGS:-}"
 cd "$(dirname "$0")/.."
 mkdir -p "$runs"
 rm -f "$runs"/*.seconds "$runs"/*.log
@@ -19,7 +23,19 @@ run() {
     shift
     echo "== python run_main.py $*"
     start=$(date +%s)
-    "$py" run_main.py "$@" --data_dir "$data" --results_path "$runs/$name" | tee -a "$runs/$name.log"
+    "$py" run_main.py "$@" --data_dir "$data" --results_path "$runs/$name" "${extra[@]}" | tee -a "$runs/$name.log"
     before=$(cat "$runs/$name.seconds" 2>/dev/null || echo 0)
     echo $((before + $(date +%s) - start)) > "$runs/$name.seconds"
+}
+
+#   last NAME KIND [_L]   the picture of KIND (PRR, PMLR, PMLR_map, ...) of run NAME's last drawn epoch (with _L,
+#                         a conditional PMLR's of digit L)
+last() {
+    local name best=-1 n
+    for name in "$runs/$1/$2"_epoch_*"${3:-}".jpg; do
+        n=${name##*/"$2"_epoch_}
+        n=${n%"${3:-}".jpg}
+        if [[ $n =~ ^[0-9]+$ ]] && ((10#$n > best)); then best=$((10#$n)); fi
+    done
+    printf '%s/%s_epoch_%02d%s.jpg\n' "$runs/$1" "$2" "$best" "${3:-}"
 }

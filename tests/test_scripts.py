@@ -1,0 +1,45 @@
+"""Every script under benchmarks/ and res/ runs as its documentation shows, on the tests' small synthetic MNIST with
+tiny models (seconds, not the hours of the real runs), so that none can rot unseen."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, synthetic_mnist
+
+TINY = "--num_epochs 1 --n_hidden 16 --iw_samples 2 --PMLR_n_samples 50"
+
+
+def script(*command, **env):
+    """Run a script from the repository root with this interpreter as python; its output."""
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHON": sys.executable, **env})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return done.stdout
+
+
+@pytest.mark.parametrize("args", [["--memory_epochs", "1"],
+                                  ["--dim_z", "50", "--keep_prob", "1.0", "--iw_train", "5", "--iw_gradient", "dreg",
+                                   "--binarize", "True"]])
+def test_epoch_speed_prints_its_table_for_the_default_and_the_literature_model(args):
+    out = script(sys.executable, "benchmarks/epoch_speed.py", "--data_dir", synthetic_mnist(), "--epochs", "1",
+                 "--n_hidden", "16", *args)
+    assert "| ours fp32 |" in out and "| floor bf16 |" in out and "ours fp32 / floor fp32: " in out
+    assert ("ours fp32 / common" in out) == ("--iw_train" not in args)
+
+
+@pytest.mark.parametrize("name,runs", [("reproduce", 7), ("conditional", 4), ("benchmark_nll", 6)])
+def test_each_res_script_runs_its_commands_and_prints_its_table(tmp_path, name, runs):
+    out = script("bash", f"res/{name}.sh", synthetic_mnist(), str(tmp_path / "runs"), RUN_ARGS=TINY,
+                 RES_DIR=str(tmp_path / "res"))
+    assert out.count("== python run_main.py") == runs
+    assert "|---|" in out
+    if name != "benchmark_nll":
+        assert len(os.listdir(tmp_path / "res")) >= 7  # the pictures, copied where RES_DIR says, never into res/
+
+
+def test_the_gpu_check_runs_its_cpu_fallback(tmp_path):
+    out = script("bash", "benchmarks/gpu_check.sh", synthetic_mnist(), str(tmp_path),
+                 GPU_CHECK_TESTS="test_auto_picks_the_cpu_without_a_gpu")
+    assert "device: cpu" in out and "| default epoch, training only" in out and "FAILED" not in out
