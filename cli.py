@@ -14,7 +14,7 @@ import plot_utils
 from config import VAEConfig
 from flags import DEFAULTS, FLAG, FLAGS, Settings, on_resume, problem
 from report import PROG, say, what_is
-from results_folder import is_output
+from results_folder import LOCK_NAME, is_output
 
 
 class Grid(NamedTuple):
@@ -181,8 +181,8 @@ def check_values(s, checkpoint):
     if s.iw_gradient == "dreg" and s.iw_train == 1:
         raise UsageError("--iw_gradient dreg needs --iw_train K > 1 (the -ELBO's KL is in closed form: there is no "
                          "sampled log q whose score term DReG removes)")
-    if os.path.exists(s.results_path) and not os.path.isdir(s.results_path):
-        raise UsageError(f"--results_path {s.results_path} is an existing file, not a folder")
+    if os.path.lexists(s.results_path) and not os.path.isdir(s.results_path):
+        raise UsageError(f"--results_path {s.results_path} is {what_is(s.results_path)}, not a folder")
     if os.path.isdir(s.results_path):
         check_outputs_are_files(s.results_path)
 
@@ -196,7 +196,7 @@ def check_outputs_are_files(path):
         raise UsageError(f"cannot read --results_path {path}: {(e.strerror or str(e)).lower()}") from None
     for name in sorted(names):
         entry = os.path.join(path, name)
-        if (is_output(name) or (name.endswith(".tmp") and is_output(name[:-4]))) \
+        if (is_output(name) or (name.endswith(".tmp") and is_output(name[:-4])) or name == LOCK_NAME) \
                 and not (os.path.islink(entry) or os.path.isfile(entry)):
             raise UsageError(f"--results_path {path}: {name} in it is {what_is(entry)}, where the run writes a "
                              f"file; move it away")

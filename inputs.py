@@ -119,9 +119,11 @@ def labels_for(conditional, labels, n, device):
     return as_labels(labels, n, device)
 
 
-def check_room(n, dim_z, device):
-    """ValueError when n images (and their latent vectors) would not fit in the device's free memory."""
-    hardware.check_memory(4 * n * (DIM_IMG + dim_z + NUM_LABELS), f"{n} images", device.type)
+def check_room(n, config, device):
+    """ValueError when decoding n images would not fit in the device's free memory: their latent vectors and
+    labels, the decoder's two hidden layers, its logits and the pixels returned, in float32."""
+    need = 4 * n * (config.dim_z + NUM_LABELS + 2 * config.n_hidden + 2 * DIM_IMG)
+    hardware.check_memory(need, f"decoding {n} images", device.type)
 
 
 def as_generator(generator, device):

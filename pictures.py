@@ -8,10 +8,11 @@ from report import RunError, out_of_memory
 
 
 class Pictures:
-    """The pictures' fixed inputs on the run's device, and their drawing into the results folder. Only the
-    pictures that are on are built. A conditional model is given the test images' true labels."""
+    """The pictures' fixed inputs on the run's device, and their drawing into the results folder (folder, set
+    once the run holds it). Only the pictures that are on are built. A conditional model is given the test
+    images' true labels."""
 
-    def __init__(self, plan, data, folder):
+    def __init__(self, plan, data, folder=None):
         import torch
 
         import plot_utils

@@ -48,11 +48,12 @@ def main(argv=None, script="run_main.py"):
             settings = plan.settings
             data = load_data(plan)  # every check that can fail runs before the folder is touched
             run = build_run(plan, data)
+            pictures = Pictures(plan, data)  # their fixed inputs, built before the folder is touched too
             SIGNALS.writing()  # from here a signal stops the run at its next safe point, never mid-write
             with results_folder.results_folder(settings.results_path, settings.resume) as folder:
                 check_still_the_checkpoint_read(plan, folder)
                 announce_resume(plan, run)
-                pictures = Pictures(plan, data, folder)
+                pictures.folder = folder
                 pictures.save_inputs()
                 train(settings, run, data, pictures)
                 if run.start == settings.num_epochs:  # nothing was left to train: draw the resumed model

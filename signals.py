@@ -15,7 +15,7 @@ if hasattr(signal, "SIGHUP"):  # a closed terminal or a dropped ssh session
     EXIT_SIGNALS[signal.SIGHUP] = 129
 
 STARTING = "starting"  # the phase before the results folder is touched: nothing is written yet
-NOTHING_WRITTEN = "interrupted before training started; nothing was written"
+NOTHING_WRITTEN = "interrupted before training started; nothing was written; run the same command to start again"
 
 
 class Interrupted(Exception):
@@ -99,7 +99,8 @@ def interrupted_message(e, epochs, saved, command):
     if e.phase == STARTING:
         return NOTHING_WRITTEN
     if saved is None:
-        return f"interrupted in epoch {e.epoch}; no epoch had finished; nothing to resume"
+        return (f"interrupted in epoch {e.epoch}; no epoch had finished; nothing to resume: run the same command to "
+                f"start again")
     if e.phase is not None:
         return f"interrupted {e.phase}; {saved} holds all {epochs} epochs; continue with: {command}"
     if e.epoch is None:

@@ -197,7 +197,7 @@ class VAE(nn.Module):
         """n images from the generative model: pixel probabilities for z ~ N(0, I) (and the given labels, for a
         conditional model: one digit for all, or one per image)."""
         n = inputs.whole_number(n, "a whole number of images of at least 0", 0)
-        inputs.check_room(n, self.dim_z, self.device)
+        inputs.check_room(n, self.config, self.device)
         generator = inputs.as_generator(generator, self.device)
         y = self.labels_for(labels, n)
         return torch.sigmoid(self.decoder(torch.randn(n, self.dim_z, generator=generator, device=self.device), y))
@@ -214,7 +214,7 @@ class VAE(nn.Module):
         if len(x_a) != len(x_b):
             raise ValueError(f"expected as many images in x_a as in x_b, got {len(x_a)} and {len(x_b)}")
         steps = inputs.whole_number(steps, "steps, a whole number of at least 2", 2)
-        inputs.check_room(max(len(x_a), 1) * steps, self.dim_z, self.device)
+        inputs.check_room(max(len(x_a), 1) * steps, self.config, self.device)
         if self.conditional and not (isinstance(labels, (tuple, list)) and len(labels) == 2):
             raise ValueError("this model is conditional (--conditional True): give labels=(labels_a, labels_b), "
                              "the digits of x_a and x_b")

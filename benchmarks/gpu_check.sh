@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU check, one command that fits in 5 minutes of a GPU machine:
 #   bash benchmarks/gpu_check.sh [DATA_DIR [OUT_DIR]]
-# DATA_DIR holds MNIST/raw (default data); OUT_DIR (default results/gpu_check) receives each run's folder and log.
+# DATA_DIR holds MNIST/raw (default data); OUT_DIR (default results/gpu_check_DATE_TIME, new each time) receives
+# each run's folder and log; an OUT_DIR that holds an earlier check's logs is refused, never written over.
 # With a CUDA device it runs the test suite's device cases on CUDA, the 60-epoch default run, a 3-epoch
 # --precision bf16 run, the default epoch's training time (synchronised, median of 5 epochs), and
 # --iw_samples 5000 on the 10,000 test images with a dim_z 50 model; then prints one table. Without CUDA it
@@ -10,8 +11,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-data}
-out=${2:-results/gpu_check}
+out=${2:-results/gpu_check_$(date +%Y%m%d_%H%M%S)}
 py=${PYTHON:-python3}
+if compgen -G "$out/*.log" > /dev/null; then
+    echo "gpu_check.sh: $out holds an earlier check's logs; give another OUT_DIR" >&2
+    exit 2
+fi
 mkdir -p "$out"
 device=$("$py" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 if [ "$device" = cuda ]; then

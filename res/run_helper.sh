@@ -2,8 +2,8 @@
 #   source "$(dirname "$0")/run_helper.sh" DEFAULT_RUNS_DIR "$@"
 # Sets data (the script's DATA_DIR, which holds MNIST/raw; default data; a relative path is taken from
 # the repository root), runs (its RUNS_DIR, else DEFAULT_RUNS_DIR), pictures (where the pictures are copied:
-# res, or $RES_DIR) and py (python, or $PYTHON); moves to the repository root; clears the logs and times a
-# previous invocation left in the runs folder; defines run and last.
+# res, or $RES_DIR) and py (python, or $PYTHON); moves to the repository root; moves the logs and times a
+# previous invocation left in the runs folder into previous_logs_N; defines run and last.
 # RUN_ARGS: flags appended to every run (the last of a repeated flag wins), for a quick check of a script:
 #   RUN_ARGS="--num_epochs 1 --n_hidden 16 --iw_samples 2" RES_DIR=/tmp/res bash res/reproduce.sh data /tmp/runs
 set -euo pipefail
@@ -14,7 +14,12 @@ pictures=${RES_DIR:-res}
 read -r -a extra <<< "${RUN_ARGS:-}"
 cd "$(dirname "$0")/.."
 mkdir -p "$runs"
-rm -f "$runs"/*.seconds "$runs"/*.log
+if compgen -G "$runs/*.log" > /dev/null || compgen -G "$runs/*.seconds" > /dev/null; then
+    n=1  # a previous invocation's logs and times move aside, never deleted (its runs move aside by themselves)
+    while [ -e "$runs/previous_logs_$n" ]; do n=$((n + 1)); done
+    mkdir "$runs/previous_logs_$n"
+    find "$runs" -maxdepth 1 -type f \( -name '*.log' -o -name '*.seconds' \) -exec mv {} "$runs/previous_logs_$n/" \;
+fi
 
 #   run NAME ARGS...   one run_main.py command into $runs/NAME, its output appended to $runs/NAME.log and
 #                      its wall seconds added to $runs/NAME.seconds (a run resumed in stages sums them).

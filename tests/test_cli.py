@@ -12,6 +12,7 @@ import cli
 import config
 import flags
 import hardware
+import results_folder
 from config import VAEConfig
 from conftest import ROOT, one_line_error, run, run_cli, usage_error
 
@@ -101,7 +102,7 @@ def test_results_path_that_is_a_file(capsys, tmp_path):
     existing = tmp_path / "results"
     existing.write_text("mine")
     err = usage_error(capsys, ["--results_path", str(existing)])
-    assert "existing file" in err
+    assert "is a file, not a folder" in err
     assert existing.read_text() == "mine"
 
 
@@ -228,3 +229,12 @@ def test_a_data_dir_that_is_a_file_is_named_as_one(tmp_path):
     done = run("--num_epochs", "1", "--data_dir", tmp_path / "data", "--results_path", tmp_path / "R")
     one_line_error(done, 1, f"{tmp_path / 'data'} is a file, not a folder; --data_dir names the folder holding")
     assert not (tmp_path / "R").exists()
+
+
+def test_results_paths_that_are_something_else_are_named(capsys, tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    assert "--results_path " + str(tmp_path / "pipe") + " is a named pipe, not a folder" in usage_error(
+        capsys, ["--results_path", str(tmp_path / "pipe")])
+    (tmp_path / "R" / results_folder.LOCK_NAME).mkdir(parents=True)
+    assert f"{results_folder.LOCK_NAME} in it is a folder, where the run writes a file" in usage_error(
+        capsys, ["--results_path", str(tmp_path / "R")])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import hardware
 import inputs
 import vae
 from config import VAEConfig
@@ -102,3 +103,12 @@ def test_devices_the_model_runs_on():
     else:
         with pytest.raises(ValueError, match="CUDA devices"):
             inputs.as_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_the_room_counted_for_decoding_includes_the_decoders_hidden_layers(monkeypatch):
+    made = VAEConfig(dim_z=2, n_hidden=1000)
+    need = 4 * 100 * (2 + 10 + 2 * 1000 + 2 * 784)
+    monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": need)
+    inputs.check_room(100, made, torch.device("cpu"))
+    with pytest.raises(ValueError, match="decoding 101 images needs about"):
+        inputs.check_room(101, made, torch.device("cpu"))

@@ -43,3 +43,20 @@ def test_the_gpu_check_runs_its_cpu_fallback(tmp_path):
     out = script("bash", "benchmarks/gpu_check.sh", synthetic_mnist(), str(tmp_path),
                  GPU_CHECK_TESTS="test_auto_picks_the_cpu_without_a_gpu")
     assert "device: cpu" in out and "| default epoch, training only" in out and "FAILED" not in out
+
+
+def test_a_second_invocation_moves_the_first_ones_logs_aside_and_a_used_gpu_check_folder_is_refused(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "vae.log").write_text("the first invocation's log")
+    (runs / "vae.seconds").write_text("60")
+    subprocess.run(["bash", "-c", 'source res/run_helper.sh results/x "$1" "$2"', "-", "data", str(runs)], cwd=ROOT,
+                   check=True)
+    assert (runs / "previous_logs_1" / "vae.log").read_text() == "the first invocation's log"
+    assert (runs / "previous_logs_1" / "vae.seconds").read_text() == "60" and not (runs / "vae.log").exists()
+    (tmp_path / "check").mkdir()
+    (tmp_path / "check" / "pytest.log").write_text("an earlier check")
+    done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "data", str(tmp_path / "check")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "holds an earlier check's logs" in done.stderr
+    assert os.listdir(tmp_path / "check") == ["pytest.log"]
