@@ -18,7 +18,7 @@ import torch
 import flags
 import hardware
 from config import VAEConfig
-from report import what_is
+from report import reason, what_is
 
 FORMAT = "pytorch-mnist-vae checkpoint 1"
 KEYS = ("format", "model_args", "model", "optimizer", "epoch", "best_loss", "history", "args", "rng")
@@ -84,7 +84,7 @@ def read(path):
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise ValueError(f"cannot read {path}: {(e.strerror or str(e)).lower()}") from None
+        raise ValueError(f"cannot read {path}: {reason(e)}") from None
     except MemoryError:
         raise ValueError(f"{path} is too large to read into the memory there is") from None
     damaged_record = bad_record(data)

@@ -11,10 +11,10 @@ from typing import NamedTuple
 import hardware
 import mnist_data
 import plot_utils
-from config import VAEConfig
+from config import IW_ROWS, VAEConfig
 from flags import DEFAULTS, FLAG, FLAGS, Settings, on_resume, problem
-from report import PROG, say, what_is
-from results_folder import LOCK_NAME, is_output
+from report import PROG, reason, say, what_is
+from results_folder import LOCK_NAME, is_output, is_temporary
 
 
 class Grid(NamedTuple):
@@ -49,10 +49,12 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def number(kind):
+def number(kind, name, texts):
     """The parser of an int or float flag's text: only the ASCII forms (Python's int and float also take other
-    scripts' digits and underscores), so that what runs is what the user sees."""
+    scripts' digits and underscores), so that what runs is what the user sees; the text is kept in texts[name]
+    for the messages."""
     def parse(text):
+        texts[name] = text
         if not text.isascii() or "_" in text:
             raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'} in ASCII "
                                              f"digits, got {text!r}")
@@ -72,12 +74,13 @@ def str2bool(text):
     return value
 
 
-def build_parser():
+def build_parser(texts=None):
     """The command line from FLAGS: every flag defaults to None here, so that a resumed run knows which were
-    given; the help shows each one's real default."""
+    given; the help shows each one's real default. texts receives each number's text as typed."""
     p = Parser(prog=PROG, description="PyTorch VAE for MNIST (Kingma & Welling, arXiv 1312.6114)")
+    texts = {} if texts is None else texts
     for f in FLAGS:
-        parse = {bool: str2bool, int: number(int), float: number(float), str: str}[f.kind]
+        parse = {bool: str2bool, int: number(int, f.name, texts), float: number(float, f.name, texts), str: str}[f.kind]
         shown = "" if f.default is None or "(default" in f.help else f" (default {f.default})"
         p.add_argument(f"--{f.name}", type=parse, default=None, choices=f.choices, help=f.help + shown,
                        metavar=f.metavar)
@@ -86,10 +89,11 @@ def build_parser():
 
 def parse_args(argv=None):
     """Parse and check the command line: the run's Plan. A bad value is a usage error: one line, exit 2."""
-    parser = build_parser()
+    texts = {}
+    parser = build_parser(texts)
     given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
     try:
-        return plan(given)
+        return plan(given, texts)
     except UsageError as e:
         parser.error(str(e))
 
@@ -98,11 +102,11 @@ class UsageError(Exception):
     """A value the run cannot take; the message is the usage error's line."""
 
 
-def plan(given):
-    """The Plan of the flags given (name -> value): every check that can fail before any work, in the order
-    that needs no torch for as long as it can."""
+def plan(given, texts=None):
+    """The Plan of the flags given (name -> value; texts: the numbers as typed, for the messages): every check
+    that can fail before any work, in the order that needs no torch for as long as it can."""
     for name, value in given.items():
-        why = problem(FLAG[name], value)
+        why = problem(FLAG[name], value, (texts or {}).get(name))
         if why:
             raise UsageError(f"--{name} {why}")
     checkpoint, changed = read_checkpoint(given["resume"]) if "resume" in given else None, ()
@@ -193,10 +197,10 @@ def check_outputs_are_files(path):
     try:
         names = os.listdir(path)
     except OSError as e:
-        raise UsageError(f"cannot read --results_path {path}: {(e.strerror or str(e)).lower()}") from None
+        raise UsageError(f"cannot read --results_path {path}: {reason(e)}") from None
     for name in sorted(names):
         entry = os.path.join(path, name)
-        if (is_output(name) or (name.endswith(".tmp") and is_output(name[:-4])) or name == LOCK_NAME) \
+        if (is_output(name) or is_temporary(name) or name == LOCK_NAME) \
                 and not (os.path.islink(entry) or os.path.isfile(entry)):
             raise UsageError(f"--results_path {path}: {name} in it is {what_is(entry)}, where the run writes a "
                              f"file; move it away")
@@ -241,11 +245,15 @@ def check_memory(s, config, grids, device):
         hardware.check_memory(config.training_bytes(s.batch_size * s.iw_train), f"a batch of --batch_size "
                               f"{s.batch_size}" + (f" x --iw_train {s.iw_train} samples" if s.iw_train > 1 else ""),
                               device.type)
+        if s.iw_samples:
+            hardware.check_memory(config.training_bytes(IW_ROWS), f"the --iw_samples evaluation ({IW_ROWS} decoder "
+                                  f"rows at a time)", device.type)
         for grid in grids.values():
-            if grid.on:
-                side = plot_utils.cell_size(grid.factor)
+            if grid.on:  # the canvas and its JPEG in the machine's memory; the grid's inputs on the device
+                side, what = plot_utils.cell_size(grid.factor), f"the {grid.name} picture"
                 hardware.check_memory(plot_utils.grid_bytes(grid.n_x, grid.n_y, grid.factor),
-                                      f"the {grid.name} picture ({grid.n_x * side}x{grid.n_y * side} pixels)",
-                                      device.type)
+                                      f"{what} ({grid.n_x * side}x{grid.n_y * side} pixels)", "cpu")
+                hardware.check_memory(grid.count * (4 * max(config.dim_z, 2) + 8 + 8), f"{what}'s {grid.count} "
+                                      f"latent vectors and labels", device.type)
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -11,6 +11,8 @@ KEEP_PROB = 0.9  # the original's dropout keep probability while training
 KEEP_PROB_MIN = 1e-3  # below this, dropout's 1 / keep_prob scaling overflows the training (1e-40 did)
 MAX_WIDTH = 2**31 - 1  # the most units dim_z or n_hidden may name (torch's 32-bit sizes)
 EVAL_ROWS = 1000  # images per batch of the test -ELBO, the least a run's activations are sized for
+IW_BATCH = 100  # images per batch of the importance-weighted bound
+IW_ROWS = 16384  # decoder rows per chunk of its samples
 
 
 def whole(value):

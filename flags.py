@@ -147,21 +147,23 @@ def rule(f):
     return f"from {shown(f.low)} to {shown(f.high)}"
 
 
-def problem(f, value):
-    """Why value is not one f takes (None when it is): its type, its range, its choices, a finite number."""
+def problem(f, value, text=None):
+    """Why value is not one f takes (None when it is): its type, its range, its choices, a finite number. text:
+    the value as the user typed it, shown in the message (a float's text may say more than the float holds)."""
+    got = text if text is not None else shown(value)
     if f.kind is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             value = float(value)
         except OverflowError:
-            return f"must be {rule(f)} (got {shown(value)})"
+            return f"must be {rule(f)} (got {got})"
     if not isinstance(value, f.kind) or (isinstance(value, bool) and f.kind is not bool):
-        return f"must be a{'n' if f.kind is int else ''} {f.kind.__name__} (got {shown(value)})"
+        return f"must be a{'n' if f.kind is int else ''} {f.kind.__name__} (got {got})"
     if f.choices and value not in f.choices:
-        return f"must be {rule(f)} (got {shown(value)})"
+        return f"must be {rule(f)} (got {got})"
     if f.low is not None:
         inside = f.low < value if f.open_low else f.low <= value
         if not (inside and value <= f.high and (f.kind is int or math.isfinite(value))):
-            return f"must be {rule(f)} (got {shown(value)})"
+            return f"must be {rule(f)} (got {got})"
     return None
 
 
@@ -177,10 +179,13 @@ def on_resume(given, saved):
     saved: the checkpoint's (checked by flag); a flag the checkpoint lacks ran with its default."""
     values, notes = {}, []
     for f in FLAGS:
+        if not from_checkpoint(f):  # the checkpoint's value is neither used nor read
+            values[f.name] = given.get(f.name, f.default)
+            continue
         old = saved.get(f.name, f.default)
         old = float(old) if f.kind is float else old
-        if not from_checkpoint(f) or f.name not in given:
-            values[f.name] = given.get(f.name, f.default) if not from_checkpoint(f) else old
+        if f.name not in given:
+            values[f.name] = old
             continue
         new = values[f.name] = given[f.name]
         if new != old and f.role == MODEL:

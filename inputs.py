@@ -53,9 +53,9 @@ def described(x):
     return type(x).__name__ + (f" of {x.dtype}" if isinstance(x, torch.Tensor) else "")
 
 
-def as_rows(x):
-    """Images as float32 (N, 784) rows: accepts (N, 784), (N, 28, 28) and (N, 1, 28, 28) with pixel values in
-    [0, 1] (noisy inputs up to 2); ValueError otherwise."""
+def as_rows(x, device):
+    """Images as float32 (N, 784) rows on device: accepts (N, 784), (N, 28, 28) and (N, 1, 28, 28) with pixel
+    values in [0, 1] (noisy inputs up to 2); ValueError otherwise."""
     if not is_dense(x) or not x.is_floating_point():
         raise ValueError(f"expected a dense floating-point tensor of images, got {described(x)}")
     shapes = ((DIM_IMG,), (IMAGE_SIZE, IMAGE_SIZE), (1, IMAGE_SIZE, IMAGE_SIZE))
@@ -64,18 +64,18 @@ def as_rows(x):
     if len(x) and not (bool(torch.isfinite(x).all()) and 0 <= x.min().item() and x.max().item() <= MAX_PIXEL):
         raise ValueError(f"expected pixel values in [0, {MAX_PIXEL:g}] (images in [0, 1], noisy inputs up to "
                          f"{MAX_PIXEL:g}), got values from {x.min().item()!r} to {x.max().item()!r}")
-    return x.reshape(len(x), DIM_IMG).float()  # float64 or float16 images become the model's float32
+    return x.reshape(len(x), DIM_IMG).to(device=device, dtype=torch.float32)  # float64/16 become float32
 
 
-def as_latents(z, dim_z):
-    """Latent vectors as float32 (N, dim_z) rows; ValueError for anything else or a non-finite value."""
+def as_latents(z, dim_z, device):
+    """Latent vectors as float32 (N, dim_z) rows on device; ValueError for anything else or a non-finite value."""
     if not is_dense(z) or not z.is_floating_point():
         raise ValueError(f"expected a floating-point tensor of latent vectors, got {described(z)}")
     if z.dim() != 2 or z.shape[1] != dim_z:
         raise ValueError(f"expected latent vectors of shape (N, {dim_z}), got {tuple(z.shape)}")
     if not bool(torch.isfinite(z).all()):
         raise ValueError("expected finite latent vectors, got NaN or infinity")
-    return z.float()
+    return z.to(device=device, dtype=torch.float32)
 
 
 def as_labels(labels, n, device):

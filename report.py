@@ -62,7 +62,7 @@ def say(line):
     except OSError as e:
         quiet_stdout()  # what is still buffered goes nowhere
         sys.stdout = open(os.devnull, "w")
-        print(f"{PROG}: warning: cannot write to standard output ({(e.strerror or str(e)).lower()}); "
+        print(f"{PROG}: warning: cannot write to standard output ({reason(e)}); "
               f"the run goes on, its figures are in metrics.csv", file=sys.stderr, flush=True)
 
 
@@ -73,6 +73,11 @@ def duration(seconds):
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
+def reason(e):
+    """An OSError's reason, as a message's lower-case tail."""
+    return (e.strerror or str(e)).lower()
+
+
 def what_is(path):
     """What a path is, in words: a file, a folder, a named pipe, a socket, a device, a symbolic link to nothing."""
     try:
@@ -80,7 +85,7 @@ def what_is(path):
     except FileNotFoundError:
         return "a symbolic link to nothing" if os.path.islink(path) else "not there"
     except OSError as e:
-        return f"unreadable ({(e.strerror or str(e)).lower()})"
+        return f"unreadable ({reason(e)})"
     for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
                        (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a file")):
         if test(mode):

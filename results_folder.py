@@ -6,7 +6,7 @@ import io
 import os
 import re
 
-from report import RunError, say
+from report import RunError, reason, say
 
 try:
     import fcntl
@@ -43,13 +43,13 @@ def is_output(name):
     return OUTPUT_NAME.fullmatch(name) is not None
 
 
+def is_temporary(name):
+    """Whether name is the temporary file of an output (NAME.tmp, renamed over NAME once written whole)."""
+    return name.endswith(".tmp") and is_output(name[:-4])
+
+
 class WriteError(RunError):
     """An output could not be written (a full disk, a read-only folder)."""
-
-
-def reason(e):
-    """An OSError's reason, as a message's lower-case tail."""
-    return (e.strerror or str(e)).lower()
 
 
 class ResultsFolder:
@@ -104,13 +104,13 @@ class ResultsFolder:
 
     def outputs(self):
         """The outputs an earlier run left here, sorted."""
-        return sorted(name for name in os.listdir(self.path)
-                      if is_output(name) and os.path.isfile(os.path.join(self.path, name)))
+        return sorted(name for name in os.listdir(self.path) if is_output(name) and (
+            os.path.isfile(os.path.join(self.path, name)) or os.path.islink(os.path.join(self.path, name))))
 
     def remove_stale_temporaries(self):
         """Remove the temporary files of a run that died mid-write (only of this code's names)."""
         for name in os.listdir(self.path):
-            if name.endswith(".tmp") and is_output(name[:-4]):
+            if is_temporary(name):
                 os.remove(os.path.join(self.path, name))
 
     def move_earlier_run(self):

@@ -48,7 +48,7 @@ def main(argv=None, script="run_main.py"):
             settings = plan.settings
             data = load_data(plan)  # every check that can fail runs before the folder is touched
             run = build_run(plan, data)
-            pictures = Pictures(plan, data)  # their fixed inputs, built before the folder is touched too
+            pictures = build_pictures(plan, data)  # their fixed inputs, built before the folder is touched too
             SIGNALS.writing()  # from here a signal stops the run at its next safe point, never mid-write
             with results_folder.results_folder(settings.results_path, settings.resume) as folder:
                 check_still_the_checkpoint_read(plan, folder)
@@ -77,7 +77,10 @@ def main(argv=None, script="run_main.py"):
         except (MemoryError, RuntimeError) as e:
             if not out_of_memory(e):
                 raise
-            fail("out of memory while training (try a smaller --n_hidden, --batch_size or --iw_train)", 1)
+            saved = saved_checkpoint(plan, run, folder)
+            command = signals.resume_command(script, argv, saved, signals.python_command()) if saved else None
+            fail("out of memory while training (try a smaller --n_hidden, --batch_size or --iw_train)"
+                 + (f"; {saved} holds {run.epoch} epochs; continue with: {command}" if saved else ""), 1)
 
 
 def saved_checkpoint(plan, run, folder):
@@ -163,6 +166,16 @@ def build_run(plan, data):
         return Run(model, training.adam(model, s.learn_rate))
     model, optimizer = training.restore(ck, plan.device, s.learn_rate)
     return Run(model, optimizer, ck.epoch, ck.best_loss, [dict(row) for row in ck.history], ck.epoch)
+
+
+def build_pictures(plan, data):
+    """The pictures' fixed inputs; running out of memory for them is one line that says so."""
+    try:
+        return Pictures(plan, data)
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        raise RunError("out of memory building the pictures' inputs (try smaller grids)") from None
 
 
 def announce_resume(plan, run):

@@ -10,7 +10,7 @@ from torch import nn
 import checkpoint
 import hardware
 import inputs
-from config import DIM_IMG, KEEP_PROB, VAEConfig
+from config import DIM_IMG, IW_BATCH, IW_ROWS, KEEP_PROB, VAEConfig
 from mnist_data import NUM_LABELS
 
 
@@ -177,19 +177,22 @@ class VAE(nn.Module):
     def encode(self, x, labels=None):
         """The posterior q(z|x) (q(z|x, y) with labels) of each image: (mu, sigma). x: (N, 784), (N, 28, 28) or
         (N, 1, 28, 28)."""
-        x = inputs.as_rows(x)
+        x = inputs.as_rows(x, self.device)
+        inputs.check_room(len(x), self.config, self.device)
         return self.encoder(x, self.labels_for(labels, len(x)))
 
     @torch.no_grad()
     def decode(self, z, labels=None):
         """Pixel probabilities for given latent vectors z, (N, dim_z) (and their labels, for a conditional model)."""
-        z = inputs.as_latents(z, self.dim_z)
+        z = inputs.as_latents(z, self.dim_z, self.device)
+        inputs.check_room(len(z), self.config, self.device)
         return torch.sigmoid(self.decoder(z, self.labels_for(labels, len(z))))
 
     @torch.no_grad()
     def reconstruct(self, x_hat, labels=None):
         """Pixel probabilities of the decoded sample of each input, as the original's PRR images."""
-        x_hat = inputs.as_rows(x_hat)
+        x_hat = inputs.as_rows(x_hat, self.device)
+        inputs.check_room(len(x_hat), self.config, self.device)
         return torch.sigmoid(self(x_hat, self.labels_for(labels, len(x_hat)))[0])
 
     @torch.no_grad()
@@ -210,7 +213,7 @@ class VAE(nn.Module):
         A conditional model takes labels=(labels_a, labels_b), the digits of x_a and x_b: each image is
         encoded with its own, and each point is decoded with its nearer end's (the label changes halfway).
         """
-        x_a, x_b = inputs.as_rows(x_a), inputs.as_rows(x_b)
+        x_a, x_b = inputs.as_rows(x_a, self.device), inputs.as_rows(x_b, self.device)
         if len(x_a) != len(x_b):
             raise ValueError(f"expected as many images in x_a as in x_b, got {len(x_a)} and {len(x_b)}")
         steps = inputs.whole_number(steps, "steps, a whole number of at least 2", 2)
@@ -264,10 +267,6 @@ def dreg_hook(log_w, kl_weight=1.0):
 def iw_bound(log_w):
     """The importance-weighted bound log (1/K) sum_k exp(log_w[k]) per image, from (K, N) log weights."""
     return torch.logsumexp(log_w, 0) - math.log(len(log_w))
-
-
-IW_BATCH = 100  # images per batch of the importance-weighted bound
-IW_ROWS = 16384  # decoder rows per chunk of its samples
 
 
 def chunked_sum(fn, x_hat, x, y, batch_size, on_chunk=None):

@@ -39,7 +39,6 @@ rows+=("| pytest -k '$tests' | $result | $(elapsed "$start") |")
 run() {  # run NAME ARGS...: one run_main.py run into $out/NAME, its log beside it; a table row
     local name=$1 start status=ok
     shift
-    rm -rf "${out:?}/$name"
     start=$(now)
     "$py" run_main.py "$@" --device "$device" --data_dir "$data" --results_path "$out/$name" > "$out/$name.log" 2>&1 \
         || status="FAILED (exit $?, see $out/$name.log)"

@@ -13,6 +13,10 @@ py=${PYTHON:-python}
 pictures=${RES_DIR:-res}
 read -r -a extra <<< "${RUN_ARGS:-}"
 cd "$(dirname "$0")/.."
+if [ "$pictures" != res ] && [ -e "$pictures" ] && { [ ! -d "$pictures" ] || [ -n "$(ls -A "$pictures")" ]; }; then
+    echo "$0: RES_DIR $pictures must be a new or empty folder (only res, the project's own, is updated)" >&2
+    exit 2
+fi
 mkdir -p "$runs"
 if compgen -G "$runs/*.log" > /dev/null || compgen -G "$runs/*.seconds" > /dev/null; then
     n=1  # a previous invocation's logs and times move aside, never deleted (its runs move aside by themselves)
@@ -42,5 +46,9 @@ last() {
         n=${n%"${3:-}".jpg}
         if [[ $n =~ ^[0-9]+$ ]] && ((10#$n > best)); then best=$((10#$n)); fi
     done
+    if ((best < 0)); then
+        echo "$0: run $1 drew no $2${3:-} picture" >&2
+        return 1
+    fi
     printf '%s/%s_epoch_%02d%s.jpg\n' "$runs/$1" "$2" "$best" "${3:-}"
 }

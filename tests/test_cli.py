@@ -238,3 +238,8 @@ def test_results_paths_that_are_something_else_are_named(capsys, tmp_path):
     (tmp_path / "R" / results_folder.LOCK_NAME).mkdir(parents=True)
     assert f"{results_folder.LOCK_NAME} in it is a folder, where the run writes a file" in usage_error(
         capsys, ["--results_path", str(tmp_path / "R")])
+
+
+def test_a_number_beyond_a_floats_reach_is_shown_as_typed(capsys):
+    assert "(got 1e-400)" in usage_error(capsys, ["--learn_rate", "1e-400"])
+    assert "(got 1e999)" in usage_error(capsys, ["--PMLR_z_range", "1e999"])

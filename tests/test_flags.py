@@ -65,3 +65,9 @@ def test_messages_show_the_value_given_never_a_rounded_one():
     assert flags.problem(f, f.high) is None
     why = flags.problem(f, f.high + 1e-9)
     assert f"at most {f.high!r} (got {f.high + 1e-9!r})" in why
+
+
+def test_on_resume_never_reads_the_checkpoints_run_flags():
+    damaged = {**SAVED, "PRR_resize_factor": None, "PMLR_z_range": 10**400, "seed": "x"}
+    values, _ = flags.on_resume({}, damaged)
+    assert values["PRR_resize_factor"] == 1.0 and values["seed"] == flags.DEFAULTS["seed"]

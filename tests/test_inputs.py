@@ -112,3 +112,13 @@ def test_the_room_counted_for_decoding_includes_the_decoders_hidden_layers(monke
     inputs.check_room(100, made, torch.device("cpu"))
     with pytest.raises(ValueError, match="decoding 101 images needs about"):
         inputs.check_room(101, made, torch.device("cpu"))
+
+
+def test_encode_decode_and_reconstruct_check_the_room_they_need(monkeypatch):
+    model = vae.VAE(VAEConfig(dim_z=2, n_hidden=16))
+    monkeypatch.setattr(hardware, "available_memory", lambda device_type="cpu": 10**5)
+    for call in (lambda: model.decode(torch.zeros(1000, 2)), lambda: model.encode(torch.zeros(1000, 784)),
+                 lambda: model.reconstruct(torch.zeros(1000, 784))):
+        with pytest.raises(ValueError, match="decoding 1000 images needs about"):
+            call()
+    assert model.decode(torch.zeros(2, 2)).shape == (2, 784)

@@ -255,3 +255,13 @@ def test_a_resume_without_num_epochs_finishes_the_checkpoints_plan(small_run, tm
     assert done.status == 0 and epochs_printed(done.stdout) == [1, 2], done
     done = run("--PRR", "False", *FAST, "--resume", planned)  # finished: it only draws and evaluates
     assert done.status == 0 and epochs_printed(done.stdout) == [] and saved_epoch(planned.parent) == 3
+
+
+def test_a_link_with_an_outputs_name_moves_aside_with_the_run_never_replaced(small_run, tmp_path):
+    folder = tmp_path / "R"
+    folder.mkdir()
+    os.symlink(tmp_path / "nowhere", folder / "metrics.csv")
+    done = run("--num_epochs", "1", "--PRR", "False", *FAST, "--results_path", folder)
+    assert done.status == 0, done.stderr
+    assert os.path.islink(folder / "previous_run_1" / "metrics.csv")
+    assert os.readlink(folder / "previous_run_1" / "metrics.csv") == str(tmp_path / "nowhere")

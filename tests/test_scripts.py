@@ -60,3 +60,12 @@ def test_a_second_invocation_moves_the_first_ones_logs_aside_and_a_used_gpu_chec
                           capture_output=True, text=True)
     assert done.returncode == 2 and "holds an earlier check's logs" in done.stderr
     assert os.listdir(tmp_path / "check") == ["pytest.log"]
+
+
+def test_a_res_dir_that_holds_files_is_refused_before_any_run(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "input.jpg").write_text("my picture")
+    done = subprocess.run(["bash", "res/reproduce.sh", "data", str(tmp_path / "runs")], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "RES_DIR": str(tmp_path / "mine")})
+    assert done.returncode == 2 and "must be a new or empty folder" in done.stderr
+    assert (tmp_path / "mine" / "input.jpg").read_text() == "my picture" and "== python" not in done.stdout
