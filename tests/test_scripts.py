@@ -8,6 +8,8 @@ import pytest
 
 from conftest import ROOT, synthetic_mnist
 
+pytestmark = pytest.mark.scripts  # python -m pytest -m scripts (CI runs them; see pytest.ini)
+
 TINY = "--num_epochs 1 --n_hidden 16 --iw_samples 2 --PMLR_n_samples 50"
 
 
