@@ -1,5 +1,5 @@
-"""checkpoint.pt, the one owner of its format: write it; read it and check every field a run uses; restore the
-model, Adam and the random state from it.
+"""checkpoint.pt, the one owner of its format: write it; read it and check every field a run uses and every byte
+(vae.from_checkpoint and training.restore build the model, Adam and the random state from what it read).
 
 Nothing in a file is used as it came: each tensor must have its exact shape and dtype and hold all its own
 elements, and the run gets this module's own contiguous copy (never a tensor shared between two fields); a
@@ -71,8 +71,8 @@ def bad_record(data):
 
 def read(path):
     """Read and check a checkpoint of this project (tensors and plain data only, never code); ValueError saying
-    what is wrong. Runs no model: the weights and Adam's moments are checked against the shapes of the model
-    the file describes, built on the meta device."""
+    what is wrong. Builds no model: the weights and Adam's moments are checked against the shapes the file's
+    VAEConfig gives."""
     if os.path.isdir(path):
         raise ValueError(f"{path} is a folder; give the checkpoint file in it ({os.path.join(path, 'checkpoint.pt')})")
     if not os.path.lexists(path):

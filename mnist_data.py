@@ -44,7 +44,7 @@ def _missing(data_dir):
 
 def _download(data_dir):
     """Let torchvision fetch what is missing; keep its chatter out of the user's log. A failed download
-    leaves no empty folders behind (a mistyped --data_dir used to leave an empty MNIST/raw tree)."""
+    leaves no empty folders behind (a mistyped --data_dir leaves no empty MNIST/raw tree)."""
     made = [d for d in (data_dir, os.path.join(data_dir, "MNIST"), raw_folder(data_dir)) if not os.path.exists(d)]
     try:
         import torchvision

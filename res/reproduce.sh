@@ -2,7 +2,7 @@
 # Re-make every image in res/ from real runs on MNIST, and print the README's results table.
 #   bash res/reproduce.sh [DATA_DIR [RUNS_DIR]]
 # DATA_DIR holds MNIST/raw (default data). Each run keeps its full output (metrics.csv,
-# checkpoint.pt, all epochs' images, a log) under RUNS_DIR (default results/reproduce); only the
+# checkpoint.pt, the pictures of every epoch that drew them, a log) under RUNS_DIR (default results/reproduce); only the
 # images named in the README are copied into res/. About 26 minutes on a 2-core Intel Xeon with
 # AVX-512 BF16 and AMX (torch 2.14.1, CPU). docs/pictures.md describes the runs.
 source "$(dirname "$0")/run_helper.sh" results/reproduce "$@"
