@@ -71,26 +71,26 @@ def write_mnist(data_dir, n_train=N_TRAIN, n_test=N_TEST):
     return str(data_dir)
 
 
-SESSION = {}  # what the whole test session shares
+SHARED = {}  # what the whole test run shares
 
 
 def synthetic_mnist():
-    """The session's synthetic MNIST folder, written on first use (tests must not modify it)."""
-    if "mnist" not in SESSION:
-        SESSION["mnist"] = folder = tempfile.mkdtemp(prefix="synthetic-mnist-")
+    """The test run's synthetic MNIST folder, written on first use (tests must not modify it)."""
+    if "mnist" not in SHARED:
+        SHARED["mnist"] = folder = tempfile.mkdtemp(prefix="synthetic-mnist-")
         atexit.register(shutil.rmtree, folder, True)
         write_mnist(folder)
-    return SESSION["mnist"]
+    return SHARED["mnist"]
 
 
 @pytest.fixture(scope="session")
 def mnist_dir():
-    """The session's synthetic MNIST folder (tests must not modify it)."""
+    """The test run's synthetic MNIST folder (tests must not modify it)."""
     return synthetic_mnist()
 
 
 def with_data(args):
-    """The arguments of a run, reading the session's synthetic MNIST unless they name a --data_dir."""
+    """The arguments of a run, reading the test run's synthetic MNIST unless they name a --data_dir."""
     args = [str(a) for a in args]
     return args if any(a == "--data_dir" or a.startswith("--data_dir=") for a in args) else [
         *args, "--data_dir", synthetic_mnist()]
@@ -108,7 +108,7 @@ FAST = ["--batch_size", "64", "--n_hidden", "64", "--PMLR_n_samples", "100"]
 
 
 def run_cli(*args, cwd=ROOT, timeout=240, **kwargs):
-    """Run run_main.py in a subprocess (on the session's synthetic MNIST unless args name a --data_dir); returns
+    """Run run_main.py in a subprocess (on the test run's synthetic MNIST unless args name a --data_dir); returns
     the CompletedProcess with text output."""
     return subprocess.run([sys.executable, os.path.join(ROOT, "run_main.py"), *with_data(args)],
                           cwd=cwd, capture_output=True, text=True, timeout=timeout, **kwargs)
@@ -149,7 +149,7 @@ Done = namedtuple("Done", "status stdout stderr")
 
 
 def run(*args):
-    """run_main.main(args) in this process (on the session's synthetic MNIST unless args name a --data_dir): its
+    """run_main.main(args) in this process (on the test run's synthetic MNIST unless args name a --data_dir): its
     exit status, stdout and stderr."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
