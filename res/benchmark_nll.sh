@@ -5,11 +5,8 @@
 #   bash res/benchmark_nll.sh [DATA_DIR [RUNS_DIR]]
 # DATA_DIR holds MNIST/raw (default data). Each run keeps its full output under RUNS_DIR
 # (default results/nll). Test log p(x) is the importance-weighted bound with K = 5000 on the fixed
-# binarization of the 10,000 test images. About 3.5 hours one after another on a 2-core Intel Xeon
-# with AVX-512 BF16 and no AMX (torch 2.15.0, CPU); the README's 750-epoch VAE row ran alone with two
-# threads, its IWAE row with one thread (OMP_NUM_THREADS=1). The DReG rows ran on a 2-core AMD EPYC
-# (torch 2.14.1, one thread each): 48 training minutes for each 100-epoch run side by side, 75 for the
-# 200-epoch row alone, and 21 to 25 minutes for each K = 5000 evaluation.
+# binarization of the 10,000 test images. All of them one after another take about 10 hours on a 2-core CPU;
+# each row's training minutes, CPU, threads and torch version are given with it in docs/likelihood.md.
 source "$(dirname "$0")/run_helper.sh" results/nll "$@"
 
 # the original's architecture as is: 500-500 units, dim_z 20, dropout keep 0.9, Adam 1e-3
@@ -28,6 +25,9 @@ run dreg_100 --binarize True --keep_prob 1.0 --dim_z 50 --output_bias mean --lr_
 # IWAE with DReG: the same recipe, the doubly reparameterized encoder gradient
 run dreg --binarize True --keep_prob 1.0 --dim_z 50 --output_bias mean --lr_schedule cosine --iw_train 5 \
     --iw_gradient dreg --num_epochs 200 --iw_samples 5000
+# the 100-epoch DReG run above in bf16: how far bf16 training is from fp32 (same seed)
+run dreg_bf16_100 --binarize True --keep_prob 1.0 --dim_z 50 --output_bias mean --lr_schedule cosine --iw_train 5 \
+    --iw_gradient dreg --precision bf16 --num_epochs 100 --iw_samples 5000
 # IWAE with DReG in bf16 (where the CPU's bf16 products pay) over 680 epochs: the README's best row
 run dreg_bf16 --binarize True --keep_prob 1.0 --dim_z 50 --output_bias mean --lr_schedule cosine --iw_train 5 \
     --iw_gradient dreg --precision bf16 --num_epochs 680 --iw_samples 5000
@@ -44,7 +44,7 @@ train_x = mnist_data.bernoulli(data.train_x[:1000], torch.Generator().manual_see
 print("\n| run | objective | n_hidden | dim_z | keep_prob | epochs | training minutes | test -ELBO "
       "| test NLL, K=5000 | NLL of 1,000 training images, same K |")
 print("|---|---|---|---|---|---|---|---|---|---|")
-for name in ("original", "vae", "iwae", "iwae_100", "dreg_100", "dreg", "dreg_bf16"):
+for name in ("original", "vae", "iwae", "iwae_100", "dreg_100", "dreg_bf16_100", "dreg", "dreg_bf16"):
     folder = os.path.join(runs, name)
     if not os.path.exists(os.path.join(folder, "evaluation.json")):
         continue

@@ -123,23 +123,29 @@ def test_a_conditional_picture_without_test_images_is_one_line(mnist_dir, tmp_pa
     assert not os.path.exists(tmp_path / "r")
 
 
-def peak_kilobytes(*args):
-    """The peak resident memory of a run_main.py process (kB), read by a parent process of its own."""
+def peak_kilobytes(*runs):
+    """The peak resident memory (kB) of each of run_main.py processes with the given arguments, run side by side,
+    each read by a parent process of its own."""
     code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
-    done = subprocess.run([sys.executable, "-c", code, sys.executable, os.path.join(ROOT, "run_main.py"),
-                           *with_data(args)], capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr
-    return int(done.stdout)
+    children = [subprocess.Popen([sys.executable, "-c", code, sys.executable, os.path.join(ROOT, "run_main.py"),
+                                  *with_data(args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for args in runs]
+    peaks = []
+    for child in children:
+        stdout, stderr = child.communicate(timeout=240)
+        assert child.returncode == 0, stderr
+        peaks.append(int(stdout))
+    return peaks
 
 
 def test_a_large_grid_is_drawn_in_the_memory_its_check_counts(small_run, tmp_path):
     """The grid's canvas is filled a few rows at a time: the memory over a run that draws nothing is within
     the check's estimate (a whole-grid float array, as the pictures were once drawn, would take 4 times more)."""
     resume = ["--resume", small_run / "checkpoint.pt", "--PRR", "False", *FAST]
-    base = peak_kilobytes(*resume, "--results_path", tmp_path / "none")
-    grid = peak_kilobytes(*resume, "--PRS", "True", "--PRS_n_img_x", "200", "--PRS_n_img_y", "200",
-                          "--results_path", tmp_path / "prs")
+    base, grid = peak_kilobytes([*resume, "--results_path", tmp_path / "none"],
+                                [*resume, "--PRS", "True", "--PRS_n_img_x", "200", "--PRS_n_img_y", "200",
+                                 "--results_path", tmp_path / "prs"])
     canvas = (200 * 28) ** 2
     assert (grid - base) * 1024 <= plot_utils.grid_bytes(200, 200, 1.0), (grid - base, canvas)
     assert (grid - base) * 1024 < 4 * canvas  # the float32 pixels of the whole grid alone would be 4 canvases
