@@ -31,11 +31,13 @@ def test_epoch_speed_prints_its_table_for_the_default_and_the_literature_model(a
     assert ("ours fp32 / common" in out) == ("--iw_train" not in args)
 
 
-@pytest.mark.parametrize("name,runs", [("reproduce", 7), ("conditional", 4), ("benchmark_nll", 7)])
-def test_each_res_script_runs_its_commands_and_prints_its_table(tmp_path, name, runs):
+@pytest.mark.parametrize("name", ["reproduce", "conditional", "benchmark_nll"])
+def test_each_res_script_runs_its_commands_and_prints_its_table(tmp_path, name):
+    with open(os.path.join(ROOT, "res", f"{name}.sh")) as f:
+        runs = sum(line.startswith("run ") for line in f)  # each of the script's run commands
     out = script("bash", f"res/{name}.sh", synthetic_mnist(), str(tmp_path / "runs"), RUN_ARGS=TINY,
                  RES_DIR=str(tmp_path / "res"))
-    assert out.count("== python run_main.py") == runs
+    assert runs >= 4 and out.count("== python run_main.py") == runs
     assert "|---|" in out
     if name != "benchmark_nll":
         assert len(os.listdir(tmp_path / "res")) >= 7  # the pictures, copied where RES_DIR says, never into res/
