@@ -267,9 +267,10 @@ def cvae_run(mnist_dir, tmp_path_factory):
     return str(results), done
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained():
-    """A small VAE trained for a few hundred steps on synthetic digits, and 200 test images."""
+    """A small VAE trained for a few hundred steps on synthetic digits, and 200 test images (tests must not change
+    the model)."""
     torch.manual_seed(0)
     model = vae.VAE(VAEConfig(dim_z=2, n_hidden=64))
     optimizer = training.adam(model, 3e-3)
