@@ -124,8 +124,8 @@ def test_a_conditional_picture_without_test_images_is_one_line(mnist_dir, tmp_pa
 
 
 def peak_kilobytes(*runs):
-    """The peak resident memory (kB) of each of run_main.py processes with the given arguments, run side by side,
-    each read by a parent process of its own."""
+    """The peak resident memory (kB) of a run_main.py process for each argument list, the processes run side by
+    side, each read by a parent process of its own."""
     code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, capture_output=True); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     children = [subprocess.Popen([sys.executable, "-c", code, sys.executable, os.path.join(ROOT, "run_main.py"),

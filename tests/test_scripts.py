@@ -37,7 +37,7 @@ def test_each_res_script_runs_its_commands_and_prints_its_table(tmp_path, name):
         runs = sum(line.startswith("run ") for line in f)  # each of the script's run commands
     out = script("bash", f"res/{name}.sh", synthetic_mnist(), str(tmp_path / "runs"), RUN_ARGS=TINY,
                  RES_DIR=str(tmp_path / "res"))
-    assert runs >= 4 and out.count("== python run_main.py") == runs
+    assert runs > 0 and out.count("== python run_main.py") == runs
     assert "|---|" in out
     if name != "benchmark_nll":
         assert len(os.listdir(tmp_path / "res")) >= 7  # the pictures, copied where RES_DIR says, never into res/
