@@ -131,6 +131,21 @@ def floor_epoch(products, steps):
             torch.mm(a, b, out=out)
 
 
+def mnist_images(data_dir, device, binarize=False):
+    """MNIST's training and test images from data_dir on device, or random images of their shape without one."""
+    if data_dir:
+        data = mnist_data.load_mnist(data_dir, device, binarize)
+        return data.train_x, data.test_x
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(N_TRAIN, 784, generator=g).to(device), torch.rand(N_TEST, 784, generator=g).to(device)
+
+
+def where(device):
+    """The device in words: the GPU's name, or the CPU's with its cores and this process's threads."""
+    return (torch.cuda.get_device_name(device) if device.type == "cuda" else
+            f"{hardware.cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
+
+
 def timed(device, fn):
     """Seconds fn() takes, between synchronisations."""
     hardware.synchronize(device)
@@ -149,12 +164,12 @@ def peak_rss_of_a_run(data_dir, device, epochs):
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def model_arguments(description):
+    """The benchmarks' command line for the data and the model, to which each adds its own."""
+    p = argparse.ArgumentParser(description=description)
     yes = lambda text: text.lower() in ("true", "yes", "1")  # noqa: E731
     p.add_argument("--data_dir", default="data" if os.path.isdir(mnist_data.raw_folder("data")) else None,
                    help="folder holding MNIST/raw (default data when it has MNIST; else random data of MNIST's shape)")
-    p.add_argument("--epochs", type=int, default=5, help="rounds: epochs of each way, alternating (at least 1)")
     p.add_argument("--dim_z", type=int, default=20)
     p.add_argument("--n_hidden", type=int, default=500)
     p.add_argument("--batch_size", type=int, default=128)
@@ -163,6 +178,12 @@ def main(argv=None):
     p.add_argument("--iw_gradient", default="iwae", choices=("iwae", "dreg"))
     p.add_argument("--binarize", type=yes, default=False, help="binarized batches, as --binarize True")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def main(argv=None):
+    p = model_arguments(__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=5, help="rounds: epochs of each way, alternating (at least 1)")
     p.add_argument("--memory_epochs", type=int, default=0,
                    help="epochs of a run_main.py --dim_z 20 run whose peak memory is read (0: none)")
     args = p.parse_args(argv)
@@ -170,13 +191,7 @@ def main(argv=None):
         p.error("--epochs and --iw_train must be at least 1, --memory_epochs at least 0")
     device, config = torch.device(args.device), VAEConfig(args.dim_z, args.n_hidden, args.keep_prob)
 
-    if args.data_dir:
-        data = mnist_data.load_mnist(args.data_dir, device, args.binarize)
-        train_x, test_x = data.train_x, data.test_x
-    else:
-        g = torch.Generator().manual_seed(0)
-        train_x, test_x = torch.rand(N_TRAIN, 784, generator=g).to(device), torch.rand(N_TEST, 784, generator=g)
-        test_x = test_x.to(device)
+    train_x, test_x = mnist_images(args.data_dir, device, args.binarize)
     steps = mnist_data.num_batches(len(train_x), args.batch_size)
     ways = {"ours fp32": "fp32", "ours bf16": "bf16", **({"common": None} if args.iw_train == 1 else {})}
     models = {}
@@ -215,9 +230,7 @@ def main(argv=None):
 
     median = {name: statistics.median(t) for name, t in times.items()}
     ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))  # noqa: E731
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
-             f"{hardware.cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
-    print(f"\ndevice: {device.type} ({where}); torch {torch.__version__}; "
+    print(f"\ndevice: {device.type} ({where(device)}); torch {torch.__version__}; "
           f"data: {'MNIST ' + args.data_dir if args.data_dir else 'random, MNIST shape'}")
     objective = "-ELBO" if args.iw_train == 1 else f"IWAE K={args.iw_train}, {args.iw_gradient}"
     print(f"model: dim_z {args.dim_z}, n_hidden {args.n_hidden}, keep_prob {args.keep_prob}, {objective}, batch "

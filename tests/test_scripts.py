@@ -31,6 +31,16 @@ def test_epoch_speed_prints_its_table_for_the_default_and_the_literature_model(a
     assert ("ours fp32 / common" in out) == ("--iw_train" not in args)
 
 
+@pytest.mark.parametrize("args", [[], ["--dim_z", "50", "--keep_prob", "1.0", "--iw_train", "5", "--iw_gradient",
+                                        "dreg", "--binarize", "True"]])
+def test_step_budget_prints_each_part_of_the_step_against_its_floor(args):
+    out = script(sys.executable, "benchmarks/step_budget.py", "--data_dir", synthetic_mnist(), "--rounds", "1",
+                 "--steps", "2", "--n_hidden", "16", *args)
+    assert "| the step: forward, backward, Adam |" in out and "| the six linear layers alone |" in out
+    assert ("| without dropout (keep_prob 1.0) |" in out) == (args == [])
+    assert "| floor: the matrix products alone | " in out and " | 1.00 |" in out
+
+
 @pytest.mark.parametrize("name", ["reproduce", "conditional", "benchmark_nll"])
 def test_each_res_script_runs_its_commands_and_prints_its_table(tmp_path, name):
     with open(os.path.join(ROOT, "res", f"{name}.sh")) as f:
