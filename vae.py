@@ -101,6 +101,21 @@ def neg_log_likelihood(logits, x):
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
+class Softplus(torch.autograd.Function):
+    """softplus(l) = max(l, 0) + log(1 + exp(-|l|)) with the gradient sigmoid(l), in about a third of F.softplus's
+    time on a CPU (whose log1p is slow); within 1e-7 of the exact value for l < 0, within two roundings above."""
+
+    @staticmethod
+    def forward(ctx, logits):
+        ctx.save_for_backward(logits)
+        return logits.abs().neg_().exp_().add_(1.0).log_().add_(logits.clamp(min=0.0))
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, = ctx.saved_tensors
+        return grad * torch.sigmoid(logits)
+
+
 def kl_divergence(mu, sigma):
     """KL(q(z|x) || N(0, I)) per image, as the original: 0.5 * sum(mu^2 + sigma^2 - log(1e-8 + sigma^2) - 1)."""
     s2 = sigma.square()
@@ -243,7 +258,7 @@ def log_weights(decoder, x, mu, sigma, eps, stop_q=False, y=None):
     logits = decoder(z.reshape(k * n, dim_z), None if y is None else y.repeat(k)).reshape(k, n, -1)
     with torch.autocast(x.device.type, enabled=False):  # the sums over 784 pixels stay fp32
         # the Bernoulli likelihood x.l - softplus(l), its x.l term one batched product (cheaper than BCE here)
-        log_px_z = torch.einsum("knd,nd->kn", logits, x) - F.softplus(logits).sum(-1)
+        log_px_z = torch.einsum("knd,nd->kn", logits, x) - Softplus.apply(logits).sum(-1)
     if stop_q:  # eps as a function of z alone: (z - mu) / sigma with mu and sigma fixed, the value eps exactly
         sigma = sigma.detach()
         eps = eps + (z - z.detach()) / sigma
