@@ -102,8 +102,9 @@ def neg_log_likelihood(logits, x):
 
 
 class Softplus(torch.autograd.Function):
-    """softplus(l) = max(l, 0) + log(1 + exp(-|l|)) with the gradient sigmoid(l), in about a third of F.softplus's
-    time on a CPU (whose log1p is slow); within 1e-7 of the exact value for l < 0, within two roundings above."""
+    """softplus(l) = max(l, 0) + log(1 + exp(-|l|)) with the gradient sigmoid(l), without torch's log1p, which
+    is slow on a CPU (docs/performance.md); in fp32 within 1e-7 of the exact value for l < 0 (0 below -16.6,
+    where that is under 6e-8) and within two roundings above."""
 
     @staticmethod
     def forward(ctx, logits):
@@ -114,6 +115,11 @@ class Softplus(torch.autograd.Function):
     def backward(ctx, grad):
         logits, = ctx.saved_tensors
         return grad * torch.sigmoid(logits)
+
+
+def softplus(logits):
+    """The likelihood's softplus: Softplus on a CPU, torch's own (one kernel) on other devices."""
+    return Softplus.apply(logits) if logits.device.type == "cpu" else F.softplus(logits)
 
 
 def kl_divergence(mu, sigma):
@@ -258,7 +264,7 @@ def log_weights(decoder, x, mu, sigma, eps, stop_q=False, y=None):
     logits = decoder(z.reshape(k * n, dim_z), None if y is None else y.repeat(k)).reshape(k, n, -1)
     with torch.autocast(x.device.type, enabled=False):  # the sums over 784 pixels stay fp32
         # the Bernoulli likelihood x.l - softplus(l), its x.l term one batched product (cheaper than BCE here)
-        log_px_z = torch.einsum("knd,nd->kn", logits, x) - Softplus.apply(logits).sum(-1)
+        log_px_z = torch.einsum("knd,nd->kn", logits, x) - softplus(logits).sum(-1)
     if stop_q:  # eps as a function of z alone: (z - mu) / sigma with mu and sigma fixed, the value eps exactly
         sigma = sigma.detach()
         eps = eps + (z - z.detach()) / sigma

@@ -91,19 +91,23 @@ def test_logits_likelihood_agrees_with_clipped_sigmoid():
 
 
 def test_the_likelihoods_softplus_is_within_1e7_of_the_exact_one_and_has_its_gradient():
-    logits = torch.cat([torch.linspace(-40.0, 40.0, 80001), torch.tensor([-math.inf, math.inf, 0.0])])
+    logits = torch.cat([torch.linspace(-40.0, 40.0, 80001), torch.tensor([-math.inf, math.inf, 0.0, math.nan])])
     exact = torch.nn.functional.softplus(logits.double())
     ours = vae.Softplus.apply(logits)
-    error = (ours.double() - exact)[:-3].abs()
-    assert (error <= 2 * torch.finfo(torch.float32).eps * exact[:-3].clamp(min=1.0)).all()  # two roundings at most
-    assert (error[logits[:-3] < 0.0] < 1e-7).all()  # what a sum over many dark pixels could add up
-    assert ours[-3:].tolist() == [0.0, math.inf, torch.tensor(math.log(2.0)).item()]
-    wide = (torch.randn(5, 64, 784, dtype=torch.float64) * 8).requires_grad_()
+    error = (ours.double() - exact)[:-4].abs()
+    assert (error <= 2 * torch.finfo(torch.float32).eps * exact[:-4].clamp(min=1.0)).all()  # two roundings at most
+    assert (error[logits[:-4] < 0.0] < 1e-7).all()  # each pixel's value, where it is below log 2
+    assert ours[-4:-1].tolist() == [0.0, math.inf, torch.tensor(math.log(2.0)).item()] and ours[-1].isnan()
+    assert torch.autograd.gradcheck(vae.Softplus.apply, ((torch.randn(40, dtype=torch.float64) * 8).requires_grad_(),))
+
+
+def test_the_iwae_log_likelihood_is_the_bernoulli_one():
+    wide = torch.randn(5, 64, 784, dtype=torch.float64) * 8  # logits for K = 5 samples of 64 images
     x = images(64).double()
-    log_px_z = torch.einsum("knd,nd->kn", wide, x) - vae.Softplus.apply(wide).sum(-1)
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(wide.detach(), x.expand(5, 64, 784), reduction="none")
-    assert (log_px_z + bce.sum(-1)).abs().max() < 1e-9  # the Bernoulli log-likelihood, in float64 as in float32
-    assert torch.autograd.gradcheck(vae.Softplus.apply, (wide[0, :4, :10].detach().requires_grad_(),))
+    mu, sigma, eps = (torch.zeros(*shape, dtype=torch.float64) for shape in ((64, 2), (64, 2), (5, 64, 2)))
+    log_px_z = vae.log_weights(lambda z, y: wide.reshape(5 * 64, 784), x, mu, sigma + 1, eps)[0]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(wide, x.expand(5, 64, 784), reduction="none")
+    assert (log_px_z + bce.sum(-1)).abs().max() < 1e-9
 
 
 def test_dropout_only_in_training():
