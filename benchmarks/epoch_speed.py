@@ -140,10 +140,16 @@ def mnist_images(data_dir, device, binarize=False):
     return torch.rand(N_TRAIN, 784, generator=g).to(device), torch.rand(N_TEST, 784, generator=g).to(device)
 
 
-def where(device):
-    """The device in words: the GPU's name, or the CPU's with its cores and this process's threads."""
-    return (torch.cuda.get_device_name(device) if device.type == "cuda" else
-            f"{hardware.cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
+def describe(args, device):
+    """The device (the GPU's name, or the CPU's with its cores and threads), torch, the data and the model of
+    model_arguments' args, in two lines."""
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda" else
+             f"{hardware.cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads")
+    objective = "-ELBO" if args.iw_train == 1 else f"IWAE K={args.iw_train}, {args.iw_gradient}"
+    return (f"device: {device.type} ({where}); torch {torch.__version__}; "
+            f"data: {'MNIST ' + args.data_dir if args.data_dir else 'random, MNIST shape'}\n"
+            f"model: dim_z {args.dim_z}, n_hidden {args.n_hidden}, keep_prob {args.keep_prob}, {objective}, batch "
+            f"{args.batch_size}{', binarized' if args.binarize else ''}")
 
 
 def timed(device, fn):
@@ -230,12 +236,7 @@ def main(argv=None):
 
     median = {name: statistics.median(t) for name, t in times.items()}
     ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))  # noqa: E731
-    print(f"\ndevice: {device.type} ({where(device)}); torch {torch.__version__}; "
-          f"data: {'MNIST ' + args.data_dir if args.data_dir else 'random, MNIST shape'}")
-    objective = "-ELBO" if args.iw_train == 1 else f"IWAE K={args.iw_train}, {args.iw_gradient}"
-    print(f"model: dim_z {args.dim_z}, n_hidden {args.n_hidden}, keep_prob {args.keep_prob}, {objective}, batch "
-          f"{args.batch_size}{', binarized' if args.binarize else ''}, {steps} steps/epoch, median of {args.epochs} "
-          f"rounds\n")
+    print("\n" + describe(args, device) + f", {steps} steps/epoch, median of {args.epochs} rounds\n")
     images = steps * args.batch_size
     print(f"| way | s/epoch | images/s | test -ELBO after {args.epochs} epochs |")
     print("|---|---|---|---|")

@@ -1,17 +1,20 @@
 """Where a training step's time goes beyond its matrix products: the fp32 step timed whole and with parts taken
 away, each against its floor (the same matrix products alone, as benchmarks/epoch_speed.py times them).
 
-The rows take away, one after another, Adam's update, dropout (keep_prob 1.0), and then everything but the six
-linear layers: their forward and backward through autograd, biases included, with no activation, sampling or
-likelihood. That last row is the least a step of this model can cost in eager PyTorch, and the difference
-between two rows is what the part taken away costs. Every row trains the same layers with the same Adam through
-the project's training loop, and all are timed in one process in alternating rounds; each ratio is the median
-of the rounds' ratios. Prints figures; it is not a test.
+The rows: the step; the step without Adam's update; the step without dropout (keep_prob 1.0); and the six
+linear layers with and without Adam. The last keeps of the step only the batch's slicing (and binarizing),
+the linear layers' forward and backward through autograd (biases included) and one product of the decoder's
+outputs with the images: no activation, dropout, sampling or likelihood. So Adam costs the first row less the
+second, dropout the first less the third, and the activations, sampling and likelihood the third less the
+fourth. Every row trains the same layers with the same Adam through the project's training loop (the linear
+rows with zero gradients, so that they pull the weights toward nothing else), and all are timed in one process in
+alternating rounds; the ratios are medians of the rounds' ratios. Prints figures; it is not a test.
 
     python benchmarks/step_budget.py --data_dir data                      # the default model
     python benchmarks/step_budget.py --data_dir data --dim_z 50 --keep_prob 1.0 --iw_train 5 --iw_gradient dreg \\
         --binarize True                                                   # the literature's IWAE with DReG
 """
+import dataclasses
 import itertools
 import statistics
 
@@ -26,8 +29,8 @@ from config import VAEConfig
 
 
 class LinearLayersOnly(nn.Module):
-    """A model's six linear layers and nothing else; its objective is linear in the decoder's outputs, so
-    that every layer gets its weight and input gradients (the decoder's over K rows per image)."""
+    """A model's six linear layers (its own, shared) and nothing else, with an objective of zero gradient that
+    still runs every layer's weight and input gradients (the decoder's over K rows per image)."""
 
     def __init__(self, model, k):
         super().__init__()
@@ -41,9 +44,19 @@ class LinearLayersOnly(nn.Module):
 
     def loss(self, x_hat, x, **_):
         z = self.encoder(x_hat)[:, :self.dim_z].repeat(self.k, 1)
-        objective = (self.decoder(z).view(self.k, len(x), -1) * x).sum() / len(x)
+        objective = (self.decoder(z).view(self.k, len(x), -1) * x).sum() * 0.0
         value = objective.detach()
         return objective, value, value, value
+
+
+def without_dropout(model):
+    """The model with keep_prob 1.0 whose linear layers are the given model's own (the same weights)."""
+    twin = vae.VAE(dataclasses.replace(model.config, keep_prob=1.0)).to(model.device)
+    for own, theirs in ((twin.encoder.net, model.encoder.net), (twin.decoder.net, model.decoder.net)):
+        for i, layer in enumerate(theirs):
+            if isinstance(layer, nn.Linear):
+                own[i] = layer
+    return twin
 
 
 class NoUpdate:
@@ -73,19 +86,16 @@ def main(argv=None):
     model = vae.VAE(VAEConfig(args.dim_z, args.n_hidden, args.keep_prob)).to(device)
     adam, linear = training.adam(model, 1e-3), LinearLayersOnly(model, k)
     # every row trains the same layers with the same Adam, so that each finds the caches as an epoch would
-    rows = {"the step: forward, backward, Adam": (model, adam, args.keep_prob),
-            "without Adam's update": (model, NoUpdate(adam), args.keep_prob),
-            **({"without dropout (keep_prob 1.0)": (model, adam, 1.0)} if args.keep_prob < 1.0 else {}),
-            "the six linear layers and Adam": (linear, adam, 1.0),
-            "the six linear layers alone": (linear, NoUpdate(adam), 1.0)}
+    rows = {"the step: forward, backward, Adam": (model, adam),
+            "without Adam's update": (model, NoUpdate(adam)),
+            **({"without dropout (keep_prob 1.0)": (without_dropout(model), adam)} if args.keep_prob < 1.0 else {}),
+            "the six linear layers and Adam": (linear, adam),
+            "the six linear layers alone": (linear, NoUpdate(adam))}
     floor = epoch_speed.floor_products(model.config, args.batch_size, k, device, torch.float32)
 
-    def step(model, optimizer, keep_prob):
-        for layer in model.modules():
-            if isinstance(layer, vae.Dropout):
-                layer.keep_prob = keep_prob  # 1.0 turns it off
+    def step(net, optimizer):
         batches = itertools.islice(mnist_data.batches(train_x, args.batch_size, binarize=args.binarize), args.steps)
-        training.train_epoch(model, optimizer, batches, k=k, gradient=args.iw_gradient)
+        training.train_epoch(net, optimizer, batches, k=k, gradient=args.iw_gradient)
 
     cases = {**{name: (lambda row=row: step(*row)) for name, row in rows.items()},
              "floor: the matrix products alone": lambda: epoch_speed.floor_epoch(floor, args.steps)}
@@ -97,11 +107,7 @@ def main(argv=None):
             ms[name].append(epoch_speed.timed(device, run) / args.steps * 1e3)
     floor_ms = ms["floor: the matrix products alone"]
 
-    print(f"device: {device.type} ({epoch_speed.where(device)}); torch {torch.__version__}; "
-          f"data: {'MNIST ' + args.data_dir if args.data_dir else 'random, MNIST shape'}")
-    objective = "-ELBO" if k == 1 else f"IWAE K={k}, {args.iw_gradient}"
-    print(f"model: dim_z {args.dim_z}, n_hidden {args.n_hidden}, keep_prob {args.keep_prob}, {objective}, batch "
-          f"{args.batch_size}, fp32; {args.steps} steps a row in each of {args.rounds} rounds\n")
+    print(epoch_speed.describe(args, device) + f", fp32; {args.steps} steps a row in each of {args.rounds} rounds\n")
     print("| what runs | ms/step | / floor |")
     print("|---|---|---|")
     for name, times in ms.items():

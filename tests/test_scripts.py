@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, synthetic_mnist
 
@@ -36,9 +37,34 @@ def test_epoch_speed_prints_its_table_for_the_default_and_the_literature_model(a
 def test_step_budget_prints_each_part_of_the_step_against_its_floor(args):
     out = script(sys.executable, "benchmarks/step_budget.py", "--data_dir", synthetic_mnist(), "--rounds", "1",
                  "--steps", "2", "--n_hidden", "16", *args)
-    assert "| the step: forward, backward, Adam |" in out and "| the six linear layers alone |" in out
-    assert ("| without dropout (keep_prob 1.0) |" in out) == (args == [])
-    assert "| floor: the matrix products alone | " in out and " | 1.00 |" in out
+    table = [line.strip("| ").split(" | ") for line in out.splitlines() if line.startswith("| ")]
+    assert table[0] == ["what runs", "ms/step", "/ floor"]
+    assert [name for name, _, _ in table[1:]] == [
+        "the step: forward, backward, Adam", "without Adam's update",
+        *(["without dropout (keep_prob 1.0)"] if not args else []),
+        "the six linear layers and Adam", "the six linear layers alone", "floor: the matrix products alone"]
+    assert all(float(ms) > 0 and float(ratio) > 0 for _, ms, ratio in table[1:])
+    assert ("binarized" in out) == bool(args)
+
+
+def test_step_budgets_rows_share_the_models_weights_and_take_away_what_they_say():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import step_budget
+
+    import vae
+    from config import VAEConfig
+    torch.manual_seed(0)
+    model = vae.VAE(VAEConfig(4, 16, 0.5))
+    dropless, linear = step_budget.without_dropout(model), step_budget.LinearLayersOnly(model, 3)
+    weights = [id(w) for w in model.parameters()]
+    assert [id(w) for w in dropless.parameters()] == weights == [id(w) for w in linear.parameters()]
+    x = torch.rand(8, 784)
+    dropless.train()
+    assert torch.equal(dropless.encoder(x)[0], dropless.encoder(x)[0])  # no dropout in training
+    assert not torch.equal(model.train().encoder(x)[0], model.encoder(x)[0])  # the model keeps its own
+    objective = linear.loss(x, x)[0]
+    objective.backward()
+    assert all(w.grad is not None and not w.grad.any() for w in model.parameters())  # every layer, zero gradients
 
 
 @pytest.mark.parametrize("name", ["reproduce", "conditional", "benchmark_nll"])
