@@ -4,11 +4,12 @@ away, each against its floor (the same matrix products alone, as benchmarks/epoc
 The rows: the step; the step without Adam's update; the step without dropout (keep_prob 1.0); and the six
 linear layers with and without Adam. The last keeps of the step only the batch's slicing (and binarizing),
 the linear layers' forward and backward through autograd (biases included) and one product of the decoder's
-outputs with the images: no activation, dropout, sampling or likelihood. So Adam costs the first row less the
-second, dropout the first less the third, and the activations, sampling and likelihood the third less the
-fourth. Every row trains the same layers with the same Adam through the project's training loop (the linear
-rows with zero gradients, so that they pull the weights toward nothing else), and all are timed in one process in
-alternating rounds; the ratios are medians of the rounds' ratios. Prints figures; it is not a test.
+outputs with the images: no activation, dropout, sampling, likelihood or KL. So Adam costs "the step" less
+"without Adam's update"; dropout, "the step" less "without dropout"; the activations, sampling, likelihood and
+KL, "without dropout" (or "the step", at keep_prob 1.0) less "the six linear layers and Adam". Every row runs
+the same layers with the same Adam through the project's training loop (the linear rows with zero gradients,
+so that they pull the weights toward nothing else), and all are timed in one process in alternating rounds;
+the ratios are medians of the rounds' ratios. Prints figures; it is not a test.
 
     python benchmarks/step_budget.py --data_dir data                      # the default model
     python benchmarks/step_budget.py --data_dir data --dim_z 50 --keep_prob 1.0 --iw_train 5 --iw_gradient dreg \\

@@ -7,6 +7,9 @@ import sys
 import pytest
 import torch
 
+import training
+import vae
+from config import VAEConfig
 from conftest import ROOT, synthetic_mnist
 
 pytestmark = pytest.mark.scripts  # python -m pytest -m scripts (CI runs them; see pytest.ini)
@@ -47,12 +50,9 @@ def test_step_budget_prints_each_part_of_the_step_against_its_floor(args):
     assert ("binarized" in out) == bool(args)
 
 
-def test_step_budgets_rows_share_the_models_weights_and_take_away_what_they_say():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+def test_step_budgets_rows_share_the_models_weights_and_take_away_what_they_say(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
     import step_budget
-
-    import vae
-    from config import VAEConfig
     torch.manual_seed(0)
     model = vae.VAE(VAEConfig(4, 16, 0.5))
     dropless, linear = step_budget.without_dropout(model), step_budget.LinearLayersOnly(model, 3)
@@ -65,6 +65,12 @@ def test_step_budgets_rows_share_the_models_weights_and_take_away_what_they_say(
     objective = linear.loss(x, x)[0]
     objective.backward()
     assert all(w.grad is not None and not w.grad.any() for w in model.parameters())  # every layer, zero gradients
+    before = [w.detach().clone() for w in model.parameters()]
+    adam = training.adam(model, 1e-3)
+    training.train_epoch(model, step_budget.NoUpdate(adam), [(x, x, None)])
+    assert all(torch.equal(a, w) for a, w in zip(before, model.parameters(), strict=True))  # no update
+    training.train_epoch(model, adam, [(x, x, None)])
+    assert not all(torch.equal(a, w) for a, w in zip(before, model.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("name", ["reproduce", "conditional", "benchmark_nll"])
